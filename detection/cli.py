@@ -1,0 +1,207 @@
+"""Library commands of the ``poisonscan`` CLI: ``scan`` (and the bench/poison hooks).
+
+These run locally with no database, broker or web server. Parameters go
+through the same registry params model as the API's ``params`` body.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import ValidationError
+
+from detection.cli_bench import add_bench_parsers
+from detection.metrics import evaluate
+from detection.readers import DatasetFormatError, read_dataset
+from detection.registry import DETECTORS, UnknownNameError, parse_detector_params, run_detector
+from detection.types import DetectionError, DetectionInput, DetectionResult, RunContext
+
+
+def parse_param_pairs(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["a=1", "b.c=[1,2]", "d=text"]`` -> nested dict; values parsed as JSON when possible."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param expects key=value, got {pair!r}")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def collect_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = json.loads(args.params_json) if args.params_json else {}
+    params.update(parse_param_pairs(args.param or []))
+    if args.preset:
+        params["preset"] = args.preset
+    if args.device:
+        params["device"] = args.device
+    return params
+
+
+def load_truth(path: Path | None) -> tuple[NDArray[np.int64] | None, NDArray[np.int64] | None]:
+    """Read ``{"poison_indices": [...], "cover_indices": [...]}`` written by ``poisonscan poison``."""
+    if path is None:
+        return None, None
+    raw = json.loads(path.read_text())
+    poison = np.asarray(raw.get("poison_indices", []), dtype=np.int64)
+    cover = np.asarray(raw.get("cover_indices", []), dtype=np.int64)
+    return poison, cover
+
+
+def build_input(args: argparse.Namespace) -> DetectionInput:
+    data = read_dataset(Path(args.data))
+    n_classes = data.n_classes
+    clean_x = clean_y = None
+    if args.clean:
+        clean = read_dataset(Path(args.clean))
+        n_classes = max(n_classes, clean.n_classes)
+        clean_x, clean_y = clean.x, clean.labels
+    return DetectionInput(data.x, data.labels, n_classes, clean_x, clean_y)
+
+
+class ProgressBar:
+    """A tqdm bar driven by ``RunContext.progress``."""
+
+    def __init__(self, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1000, disable=not enabled, unit="‰", dynamic_ncols=True)
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        self.bar.set_description(stage[:40])
+        self.bar.update(max(0, round(fraction * 1000) - self.bar.n))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def write_scores(path: Path, result: DetectionResult) -> None:
+    """Write sample_index, score, flagged, rank as .csv, .parquet or .npz."""
+    order = np.argsort(-result.scores, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(1, order.size + 1)
+    columns = {
+        "sample_index": np.arange(result.scores.size),
+        "score": result.scores,
+        "flagged": result.flags,
+        "rank": rank,
+    }
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        np.savez(path, **columns)
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table(columns), path)
+    elif suffix == ".csv":
+        header = "sample_index,score,flagged,rank"
+        rows = np.column_stack([columns["sample_index"], result.scores, result.flags, rank])
+        np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt="%d,%.9g,%d,%d")
+    else:
+        raise ValueError(f"--out must end in .csv, .parquet or .npz, got {path.name}")
+
+
+def format_metrics(metrics: dict[str, float | int]) -> str:
+    keys = ["n_samples", "n_poison", "n_flagged", "tpr", "fpr", "auroc", "ap", "tpr_at_fpr_1"]
+    head = "| " + " | ".join(keys) + " |"
+    rule = "|" + "---|" * len(keys)
+    cells = [f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]) for k in keys]
+    return "\n".join([head, rule, "| " + " | ".join(cells) + " |"])
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    params = collect_params(args)
+    parse_detector_params(args.method, params)  # fail fast, before reading data
+    inp = build_input(args)
+    bar = ProgressBar(not args.quiet)
+    ctx = RunContext(seed=args.seed, progress=bar)
+    start = time.perf_counter()
+    try:
+        result = run_detector(args.method, inp, params, ctx)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    print(f"{args.method}: flagged {result.n_flagged} of {inp.n_samples} in {elapsed:.1f}s")
+    if result.target_classes:
+        print(f"suspected target classes: {result.target_classes}")
+    poison, cover = load_truth(Path(args.truth) if args.truth else None)
+    if poison is not None:
+        print(format_metrics(evaluate(result.scores, result.flags, poison, cover)))
+    if args.out:
+        write_scores(Path(args.out), result)
+        print(f"scores written to {args.out}")
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(result.summary(), indent=2, default=float))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    for name in DETECTORS.names():
+        entry = DETECTORS.get(name)
+        print(f"{name:12s} {entry.description}")
+        if args.verbose:
+            print(json.dumps(entry.params_schema(), indent=2))
+    return 0
+
+
+def add_scan_parser(sub: Any) -> None:
+    p = sub.add_parser("scan", help="run a detector on a local dataset file")
+    p.add_argument("data", help="dataset file: .npz, ImageFolder .zip/.tar, .parquet or .csv")
+    p.add_argument("--method", "-m", default="ct", help="detector name (see `poisonscan methods`)")
+    p.add_argument("--clean", help="trusted clean reserve, same format and classes")
+    p.add_argument("--preset", help="shortcut for --param preset=NAME (ct)")
+    p.add_argument("--param", "-p", action="append", help="params field: key=value (JSON value)")
+    p.add_argument("--params-json", help="params as one JSON object")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--truth", help="ground-truth JSON from `poisonscan poison`, for metrics")
+    p.add_argument("--out", help="write per-sample scores (.csv, .parquet, .npz)")
+    p.add_argument("--summary", help="write the result summary as JSON")
+    p.add_argument("--quiet", "-q", action="store_true")
+    p.set_defaults(func=cmd_scan)
+    m = sub.add_parser("methods", help="list detectors and their params")
+    m.add_argument("--verbose", "-v", action="store_true", help="print params JSON schemas")
+    m.set_defaults(func=cmd_methods)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="poisonscan", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_scan_parser(sub)
+    add_bench_parsers(sub)
+    return parser
+
+
+USER_ERRORS = (DatasetFormatError, DetectionError, UnknownNameError, ValidationError, ValueError)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse and dispatch; user errors print one clear line and exit 2."""
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except USER_ERRORS as exc:
+        print(f"poisonscan: error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)

@@ -1,0 +1,117 @@
+"""``poisonscan poison`` and ``poisonscan bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from detection.attacks import plant
+from detection.bench import markdown_table, plot_results, run_bench, write_records
+from detection.datasets import load_source
+from detection.readers import write_npz
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    from detection.cli import parse_param_pairs
+
+    return parse_param_pairs(args.param or [])
+
+
+def cmd_poison(args: argparse.Namespace) -> int:
+    data = load_source(args.dataset, n_samples=args.n_samples, seed=args.seed)
+    params = _params(args)
+    if args.rate is not None:
+        params["rate"] = args.rate
+    poisoned = plant(args.attack, data.x, data.labels, data.n_classes, params, seed=args.seed)
+    out = Path(args.out)
+    write_npz(out, poisoned.x, poisoned.labels)
+    truth = {
+        "attack": args.attack,
+        "info": poisoned.info,
+        "target_class": poisoned.target_class,
+        "poison_indices": poisoned.poison_indices.tolist(),
+        "cover_indices": poisoned.cover_indices.tolist(),
+    }
+    truth_path = Path(args.truth) if args.truth else out.with_suffix(".truth.json")
+    truth_path.write_text(json.dumps(truth, default=str))
+    n_poison, n_cover = poisoned.poison_indices.size, poisoned.cover_indices.size
+    print(f"wrote {out} ({poisoned.labels.size} samples, {n_poison} poison, {n_cover} cover)")
+    print(f"ground truth: {truth_path}")
+    return 0
+
+
+def parse_detectors(spec: str, extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``ct,ss`` + ``{"ct": {...}}`` -> {name: params}."""
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    return {name: dict(extra.get(name, {})) for name in names}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from detection.bench_api import ApiRunner
+    from detection.bench import local_runner
+
+    detector_params = json.loads(args.detector_params) if args.detector_params else {}
+    detectors = parse_detectors(args.detectors, detector_params)
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else [None]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runner = ApiRunner(args.api) if args.api else local_runner(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def show(record: Any) -> None:
+        m = record.metrics
+        print(
+            f"  {record.attack:16s} {record.detector:8s} seed {record.seed}: "
+            f"TPR {m['tpr']:.3f} FPR {m['fpr']:.4f} AUROC {m['auroc']:.3f} ({record.seconds:.1f}s)",
+            flush=True,
+        )
+
+    results = run_bench(
+        args.dataset,
+        [a.strip() for a in args.attacks.split(",") if a.strip()],
+        detectors,
+        rates=rates,
+        seeds=seeds,
+        n_samples=args.n_samples,
+        reserve_size=args.reserve,
+        runner=runner,
+        on_record=show,
+    )
+    records = [r.record for r in results]
+    table = markdown_table(records)
+    write_records(records, out / "records.jsonl")
+    (out / "table.md").write_text(table + "\n")
+    plots = [] if args.no_plots else plot_results(results, out)
+    print()
+    print(table)
+    print(f"\nrecords: {out / 'records.jsonl'}; plots: {', '.join(p.name for p in plots) or '-'}")
+    return 0
+
+
+def add_bench_parsers(sub: Any) -> None:
+    p = sub.add_parser("poison", help="write a poisoned copy of a dataset + ground truth")
+    p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, cifar10:PATH, ...")
+    p.add_argument("--attack", default="badnet")
+    p.add_argument("--rate", type=float)
+    p.add_argument("--param", "-p", action="append", help="attack params field: key=value")
+    p.add_argument("--n-samples", type=int, help="class-stratified subset size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="poisoned.npz")
+    p.add_argument("--truth", help="ground-truth JSON path (default: OUT.truth.json)")
+    p.set_defaults(func=cmd_poison)
+    b = sub.add_parser("bench", help="attacks x detectors benchmark")
+    b.add_argument("--dataset", default="digits")
+    b.add_argument("--attacks", default="badnet,blend")
+    b.add_argument("--detectors", default="ct,ss,ac")
+    b.add_argument("--detector-params", help='JSON {"ct": {"preset": "fast"}, ...}')
+    b.add_argument("--rates", help="comma-separated poison rates (default: each attack's)")
+    b.add_argument("--seeds", default="0")
+    b.add_argument("--n-samples", type=int, help="class-stratified subset of the dataset")
+    b.add_argument("--reserve", type=int, default=200, help="clean reserve size")
+    b.add_argument("--device")
+    b.add_argument("--api", help="run detectors through a poisonscan API at this URL")
+    b.add_argument("--out", default="bench/out", help="directory for table, records, plots")
+    b.add_argument("--no-plots", action="store_true")
+    b.set_defaults(func=cmd_bench)

@@ -1,0 +1,1 @@
+"""The ``poisonscan`` command: library commands plus the service's serve/worker/demo."""

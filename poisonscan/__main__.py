@@ -1,0 +1,3 @@
+from poisonscan.cli import main
+
+raise SystemExit(main())

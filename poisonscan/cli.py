@@ -1,0 +1,114 @@
+"""``poisonscan`` console script.
+
+``scan``, ``methods``, ``poison`` and ``bench`` come from :mod:`detection.cli`
+and need nothing but the library; ``serve``, ``worker``, ``migrate`` and
+``demo`` start the service pieces, on embedded defaults (SQLite + a broker
+that needs no server) unless ``POISONSCAN_DATABASE_URL`` / ``_BROKER_URL`` say
+otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from detection import cli as library_cli
+
+
+def migrate() -> None:
+    """``alembic upgrade head`` against the configured database."""
+    from service.migrate import upgrade_head
+
+    upgrade_head()
+
+
+def worker_command(queues: str, concurrency: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        "solo" if concurrency == 1 else "prefork",
+        "--loglevel",
+        "INFO",
+    ]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    return subprocess.call(worker_command(args.queues, args.concurrency))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    del args
+    migrate()
+    print("database migrated to head")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    migrate()
+    worker = None
+    if args.with_worker:
+        worker = subprocess.Popen(worker_command("gpu,cpu", 1), env=os.environ.copy())
+    try:
+        uvicorn.run("service.main:create_app", factory=True, host=args.host, port=args.port)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from poisonscan.demo import run_demo
+
+    return run_demo(args)
+
+
+def add_service_parsers(sub: Any) -> None:
+    s = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--with-worker", action="store_true", help="also start a local worker")
+    s.set_defaults(func=cmd_serve)
+    w = sub.add_parser("worker", help="run a Celery worker")
+    w.add_argument("-Q", "--queues", default="gpu,cpu")
+    w.add_argument("--concurrency", type=int, default=1)
+    w.set_defaults(func=cmd_worker)
+    m = sub.add_parser("migrate", help="alembic upgrade head on the configured database")
+    m.set_defaults(func=cmd_migrate)
+    d = sub.add_parser("demo", help="end-to-end demo on embedded defaults")
+    d.add_argument("--methods", default="ct,ss,ac", help="detectors to run, comma-separated")
+    d.add_argument("--attack", default="badnet")
+    d.add_argument("--rate", type=float, default=0.05)
+    d.add_argument("--dataset", default="digits")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    d.add_argument("--timeout", type=float, default=900.0, help="seconds to wait per job")
+    d.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = library_cli.build_parser()
+    sub = next(
+        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)  # noqa: SLF001
+    )
+    add_service_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return library_cli.run(build_parser(), argv)

@@ -1,0 +1,53 @@
+"""Liveness (``/healthz``) and readiness (``/readyz``: database and broker)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.api.deps import QueueDep
+from service.errors import ProblemResponse, problem
+from service.schemas import Health
+
+router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+def _check_db(factory: sessionmaker[Session]) -> str:
+    try:
+        with factory() as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        log.warning("readiness: database unavailable: %s", exc)
+        return "unavailable"
+    return "ok"
+
+
+def _check_broker(queue: QueueDep) -> str:
+    try:
+        queue.ping()
+    except Exception as exc:
+        log.warning("readiness: broker unavailable: %s", exc)
+        return "unavailable"
+    return "ok"
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": None}})
+def readyz(request: Request, queue: QueueDep) -> Health | ProblemResponse:
+    """Ready when the database answers ``SELECT 1`` and the broker accepts a connection."""
+    checks = {"database": _check_db(request.app.state.sessionmaker), "broker": _check_broker(queue)}
+    down = sorted(name for name, status in checks.items() if status != "ok")
+    if down:
+        response = problem(503, f"unavailable: {', '.join(down)}", instance=request.url.path)
+        response.headers["Retry-After"] = "5"
+        return response
+    return Health(status="ok", checks=checks)

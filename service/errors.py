@@ -1,0 +1,94 @@
+"""RFC 9457 problem details for every error response."""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger(__name__)
+
+
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
+
+
+def problem(
+    status: int,
+    detail: str | None = None,
+    *,
+    instance: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+) -> ProblemResponse:
+    body: dict[str, Any] = {"type": type_, "title": HTTPStatus(status).phrase, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    if instance is not None:
+        body["instance"] = instance
+    if errors is not None:
+        body["errors"] = errors
+    return ProblemResponse(body, status_code=status, headers=headers)
+
+
+class ProblemError(Exception):
+    """Raise from an endpoint to answer with a problem (status, detail, errors)."""
+
+    def __init__(
+        self, status: int, detail: str, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors
+
+
+def validation_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Any]:
+    """JSON-safe pydantic errors, their ``loc`` prefixed (e.g. ``("body", "params")``)."""
+    errors: list[dict[str, Any]] = json.loads(exc.json(include_url=False))
+    for err in errors:
+        err["loc"] = [*prefix, *err.get("loc", [])]
+    return errors
+
+
+def _instance(request: Request) -> str:
+    return request.url.path
+
+
+async def _http_exception(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+    headers = dict(exc.headers) if exc.headers else None
+    return problem(exc.status_code, detail, instance=_instance(request), headers=headers)
+
+
+async def _problem_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, ProblemError)
+    return problem(exc.status, exc.detail, instance=_instance(request), errors=exc.errors)
+
+
+async def _request_validation(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = json.loads(json.dumps(list(exc.errors()), default=str))
+    return problem(422, "Request validation failed.", instance=_instance(request), errors=errors)
+
+
+async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "An unexpected error occurred.", instance=_instance(request))
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, _http_exception)
+    app.add_exception_handler(ProblemError, _problem_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,289 @@
+"""Queries. Functions take the session first and flush; the boundary commits.
+
+Vocabulary: ``get_x``, ``get_x_by_y``, ``create_x``, ``list_x``, ``update_x``,
+``mark_job_*``. Score writes replace a job's rows in one transaction
+(delete, then COPY on PostgreSQL or executemany elsewhere), so a retried job
+never duplicates rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from numpy.typing import NDArray
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from service.models import FINISHED_STATES, Dataset, Job, JobState, SampleScore, utcnow
+
+ScoreOrder = Literal["score_desc", "index"]
+COPY_CHUNK = 1 << 20
+SCORE_COLUMNS = ("job_id", "sample_index", "score", "flagged", "rank")
+
+
+class InvalidTransition(ValueError):
+    """A state change that the job's current state does not allow."""
+
+
+# --- datasets ---------------------------------------------------------------
+
+
+def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
+
+
+def get_dataset_by_sha256(session: Session, sha256: str) -> Dataset | None:
+    return session.scalars(select(Dataset).where(Dataset.sha256 == sha256)).first()
+
+
+def create_dataset(session: Session, **fields: Any) -> Dataset:
+    dataset = Dataset(**fields)
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def list_datasets(session: Session, limit: int, offset: int) -> tuple[Sequence[Dataset], int]:
+    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
+    stmt = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit)
+    return session.scalars(stmt.offset(offset)).all(), total
+
+
+# --- jobs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobFilters:
+    state: str | None = None
+    method: str | None = None
+    dataset_id: str | None = None
+
+
+def create_job(session: Session, **fields: Any) -> Job:
+    job = Job(state=JobState.queued.value, progress=0.0, attempts=0, **fields)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: str, for_update: bool = False) -> Job | None:
+    return session.get(Job, job_id, with_for_update=for_update, populate_existing=for_update)
+
+
+def list_jobs(
+    session: Session, filters: JobFilters, limit: int, offset: int
+) -> tuple[Sequence[Job], int]:
+    conds = [
+        col == value
+        for col, value in (
+            (Job.state, filters.state),
+            (Job.method, filters.method),
+            (Job.dataset_id, filters.dataset_id),
+        )
+        if value is not None
+    ]
+    total = session.scalar(select(func.count()).select_from(Job).where(*conds)) or 0
+    stmt = select(Job).where(*conds).order_by(Job.created_at.desc(), Job.id.desc())
+    return session.scalars(stmt.limit(limit).offset(offset)).all(), total
+
+
+def _set_job(session: Session, job_id: str, states: Sequence[str], **values: Any) -> bool:
+    """Conditional update: only when the job is in one of ``states``."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.state.in_(states))
+        .values(updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+
+def update_job_progress(session: Session, job_id: str, stage: str, progress: float) -> bool:
+    active = (JobState.running, JobState.cancelling)
+    return _set_job(session, job_id, active, stage=stage[:255], progress=float(progress))
+
+
+def mark_job_running(session: Session, job_id: str, code_version: str) -> bool:
+    """queued (or running, on a redelivered task) -> running; counts the attempt."""
+    return _set_job(
+        session,
+        job_id,
+        (JobState.queued, JobState.running),
+        state=JobState.running.value,
+        stage="load",
+        progress=0.0,
+        error=None,
+        attempts=Job.attempts + 1,
+        started_at=utcnow(),
+        code_version=code_version,
+    )
+
+
+def mark_job_succeeded(
+    session: Session, job_id: str, summary: dict[str, Any], metrics: dict[str, Any] | None
+) -> bool:
+    return _set_job(
+        session,
+        job_id,
+        (JobState.running,),
+        state=JobState.succeeded.value,
+        stage="done",
+        progress=1.0,
+        summary=summary,
+        metrics=metrics,
+        finished_at=utcnow(),
+    )
+
+
+def mark_job_failed(session: Session, job_id: str, error: str) -> bool:
+    active = (JobState.queued, JobState.running, JobState.cancelling)
+    return _set_job(
+        session, job_id, active, state=JobState.failed.value, error=error, finished_at=utcnow()
+    )
+
+
+def mark_job_cancelled(session: Session, job_id: str) -> bool:
+    active = (JobState.queued, JobState.running, JobState.cancelling)
+    return _set_job(session, job_id, active, state=JobState.cancelled.value, finished_at=utcnow())
+
+
+def request_cancel(session: Session, job: Job) -> Job:
+    """queued -> cancelled now; running -> cancelling (the worker stops cooperatively).
+
+    Cancelling a cancelled or cancelling job is a no-op; a succeeded or failed
+    job raises :class:`InvalidTransition`.
+    """
+    state = JobState(job.state)
+    if state in (JobState.cancelling, JobState.cancelled):
+        return job
+    if state in FINISHED_STATES:
+        raise InvalidTransition(f"job {job.id} already {state.value}")
+    now: datetime = utcnow()
+    if state is JobState.queued:
+        job.state, job.finished_at = JobState.cancelled.value, now
+    else:
+        job.state = JobState.cancelling.value
+    job.updated_at = now
+    session.flush()
+    return job
+
+
+def get_job_state(session: Session, job_id: str) -> str | None:
+    return session.scalar(select(Job.state).where(Job.id == job_id))
+
+
+# --- scores -----------------------------------------------------------------
+
+
+def rank_scores(scores: NDArray[np.float64]) -> NDArray[np.int64]:
+    """Rank 1 = most suspicious; ties go to the lower sample index."""
+    order = np.lexsort((np.arange(scores.shape[0]), -scores))
+    ranks = np.empty(scores.shape[0], dtype=np.int64)
+    ranks[order] = np.arange(1, scores.shape[0] + 1)
+    return ranks
+
+
+def _score_table(job_id: str, scores: NDArray[np.float64], flags: NDArray[np.bool_]) -> pa.Table:
+    n = int(scores.shape[0])
+    return pa.table(
+        {
+            "job_id": pa.repeat(job_id, n),
+            "sample_index": pa.array(np.arange(n, dtype=np.int64)),
+            "score": pa.array(np.asarray(scores, dtype=np.float64)),
+            "flagged": pa.array(np.asarray(flags, dtype=bool)),
+            "rank": pa.array(rank_scores(np.asarray(scores, dtype=np.float64))),
+        }
+    )
+
+
+def replace_scores(
+    session: Session, job_id: str, scores: NDArray[np.float64], flags: NDArray[np.bool_]
+) -> int:
+    """Delete the job's scores and insert one row per sample, in the session's transaction."""
+    if scores.ndim != 1 or flags.shape != scores.shape:
+        raise ValueError("scores and flags must be 1-D arrays of equal length")
+    session.execute(delete(SampleScore).where(SampleScore.job_id == job_id))
+    table = _score_table(job_id, scores, flags)
+    if session.get_bind().dialect.name == "postgresql":
+        _copy_rows(session, table)
+    elif table.num_rows:
+        session.execute(insert(SampleScore), table.to_pylist())
+    return int(table.num_rows)
+
+
+def _copy_rows(session: Session, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
+    data = memoryview(sink.getvalue())
+    raw = session.connection().connection.driver_connection
+    sql = f"COPY sample_score ({', '.join(SCORE_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+    with raw.cursor() as cur, cur.copy(sql) as copy:  # type: ignore[union-attr]
+        for start in range(0, len(data), COPY_CHUNK):
+            copy.write(data[start : start + COPY_CHUNK])
+
+
+def count_scores(session: Session, job_id: str) -> int:
+    stmt = select(func.count()).select_from(SampleScore).where(SampleScore.job_id == job_id)
+    return session.scalar(stmt) or 0
+
+
+def _order_key(order: ScoreOrder) -> Any:
+    return SampleScore.rank if order == "score_desc" else SampleScore.sample_index
+
+
+def page_scores(
+    session: Session,
+    job_id: str,
+    after: int | None,
+    limit: int,
+    flagged: bool | None = None,
+    order: ScoreOrder = "score_desc",
+) -> Sequence[SampleScore]:
+    """Keyset page: rows after key ``after`` (a rank or a sample index, per ``order``)."""
+    key = _order_key(order)
+    stmt = select(SampleScore).where(SampleScore.job_id == job_id)
+    if flagged is not None:
+        stmt = stmt.where(SampleScore.flagged == flagged)
+    if after is not None:
+        stmt = stmt.where(key > after)
+    return session.scalars(stmt.order_by(key).limit(limit)).all()
+
+
+def iter_scores(
+    session: Session, job_id: str, order: ScoreOrder = "index", batch_size: int = 50_000
+) -> Iterator[pa.RecordBatch]:
+    """All scores of a job as Arrow batches (columns: sample_index, score, flagged, rank)."""
+    key = _order_key(order)
+    cols = (SampleScore.sample_index, SampleScore.score, SampleScore.flagged, SampleScore.rank)
+    after = -1  # below every sample index and rank
+    while True:
+        stmt = select(*cols).where(SampleScore.job_id == job_id, key > after)
+        rows = session.execute(stmt.order_by(key).limit(batch_size)).all()
+        if not rows:
+            return
+        yield _rows_to_batch(rows)
+        after = rows[-1][0] if order == "index" else rows[-1][3]
+
+
+SCORE_SCHEMA = pa.schema(
+    [
+        ("sample_index", pa.int64()),
+        ("score", pa.float64()),
+        ("flagged", pa.bool_()),
+        ("rank", pa.int64()),
+    ]
+)
+
+
+def _rows_to_batch(rows: Sequence[Any]) -> pa.RecordBatch:
+    columns = list(zip(*rows, strict=True))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(col, type=field.type) for col, field in zip(columns, SCORE_SCHEMA, strict=True)],
+        schema=SCORE_SCHEMA,
+    )

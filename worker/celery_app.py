@@ -1,0 +1,43 @@
+"""The Celery app the worker runs: ``celery -A worker.celery_app worker -Q gpu,cpu``.
+
+Jobs are long and expensive, so a message is acknowledged only after the task
+finished (``acks_late``), a worker takes one message at a time, and a message
+whose worker died is requeued. Results live in the job row; no result backend.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.entity import Queue
+
+from service.config import Settings, get_settings
+from service.queue import RUN_JOB_TASK, broker_transport_options
+
+
+def job_queues(settings: Settings) -> tuple[Queue, ...]:
+    names = dict.fromkeys(("gpu", "cpu", settings.job_queue))
+    return tuple(Queue(name) for name in names)  # type: ignore[no-untyped-call]
+
+
+def make_celery_app(settings: Settings) -> Celery:
+    app = Celery("poisonscan", broker=settings.broker_url, include=["worker.tasks"])
+    app.conf.update(
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        result_backend=None,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_queues=job_queues(settings),
+        task_default_queue=settings.job_queue,
+        task_routes={RUN_JOB_TASK: {"queue": settings.job_queue}},
+        task_always_eager=settings.task_always_eager,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_celery_app(get_settings())

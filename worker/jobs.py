@@ -1,0 +1,255 @@
+"""Plain functions that run one job: load, detect with progress, persist.
+
+Every database write opens its own short session (the job is the boundary),
+so progress is visible while the detector runs and a crash leaves no partial
+scores: scores, summary, metrics and ``succeeded`` commit together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from detection.metrics import evaluate
+from detection.readers import LoadedDataset, read_dataset
+from detection.registry import run_detector
+from detection.types import DetectionInput, DetectionResult, JobCancelled, RunContext
+from service import repository as repo
+from service.config import Settings, code_version
+from service.db import get_sessionmaker, session_scope
+from service.models import FINISHED_STATES, JobState
+from service.storage import LocalStorage
+
+log = logging.getLogger(__name__)
+MAX_ERROR_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a job needs, read once so no session stays open while it runs."""
+
+    job_id: str
+    method: str
+    params: dict[str, Any]
+    seed: int
+    data_uri: str
+    data_format: str
+    clean_uri: str | None
+    clean_format: str | None
+    ground_truth: dict[str, Any] | None
+
+
+@dataclass
+class JobEnv:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    storage: LocalStorage
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobEnv:
+        storage = LocalStorage(settings.storage_root, settings.max_upload_bytes)
+        return cls(settings, get_sessionmaker(settings.database_url), storage)
+
+
+def run_job(job_id: str, settings: Settings) -> str:
+    """Run job ``job_id`` to a final state and return it.
+
+    A finished job is left alone (a redelivered message is a no-op); a job found
+    ``running`` (its worker died) runs again and rewrites the same score rows.
+    """
+    env = JobEnv.from_settings(settings)
+    spec, state = start_job(env, job_id)
+    if spec is None:
+        return state
+    try:
+        return execute(env, spec)
+    except JobCancelled:
+        return finish_cancelled(env, job_id)
+    except Exception as exc:
+        log.exception("job %s failed", job_id)
+        return finish_failed(env, job_id, short_error(exc))
+
+
+def start_job(env: JobEnv, job_id: str) -> tuple[JobSpec | None, str]:
+    """Mark the job running and snapshot it; ``(None, state)`` when it must not run."""
+    with session_scope(env.sessions) as session:
+        job = repo.get_job(session, job_id, for_update=True)
+        if job is None:
+            log.warning("job %s does not exist; message dropped", job_id)
+            return None, "missing"
+        if job.state in FINISHED_STATES:
+            return None, job.state
+        if job.state == JobState.cancelling:
+            repo.mark_job_cancelled(session, job_id)
+            return None, JobState.cancelled.value
+        repo.mark_job_running(session, job_id, code_version())
+        return _spec(session, job_id), JobState.running.value
+
+
+def _spec(session: Session, job_id: str) -> JobSpec:
+    job = repo.get_job(session, job_id)
+    assert job is not None
+    data = repo.get_dataset(session, job.dataset_id)
+    clean = repo.get_dataset(session, job.clean_dataset_id) if job.clean_dataset_id else None
+    assert data is not None
+    return JobSpec(
+        job_id=job.id,
+        method=job.method,
+        params=dict(job.params),
+        seed=job.seed,
+        data_uri=data.storage_uri,
+        data_format=data.format,
+        clean_uri=clean.storage_uri if clean else None,
+        clean_format=clean.format if clean else None,
+        ground_truth=job.ground_truth,
+    )
+
+
+def execute(env: JobEnv, spec: JobSpec) -> str:
+    """Load, detect, persist. Raises JobCancelled or the detector's error."""
+    ctx = make_context(env, spec)
+    ctx.report("load", 0.0)
+    inp = load_input(env.storage, spec)
+    ctx.check_cancel()
+    result = run_detector(spec.method, inp, spec.params, ctx)
+    ctx.check_cancel()
+    state = persist(env, spec, result)
+    if ctx.scratch_dir is not None and state == JobState.succeeded:
+        shutil.rmtree(ctx.scratch_dir, ignore_errors=True)
+    return state
+
+
+def _read(storage: LocalStorage, uri: str, fmt: str | None) -> LoadedDataset:
+    return read_dataset(storage.path_for(uri), fmt)
+
+
+def load_input(storage: LocalStorage, spec: JobSpec) -> DetectionInput:
+    data = _read(storage, spec.data_uri, spec.data_format)
+    clean = _read(storage, spec.clean_uri, spec.clean_format) if spec.clean_uri else None
+    return DetectionInput(
+        x=data.x,
+        labels=data.labels,
+        n_classes=data.n_classes,
+        clean_x=None if clean is None else clean.x,
+        clean_labels=None if clean is None else clean.labels,
+    )
+
+
+def make_context(env: JobEnv, spec: JobSpec) -> RunContext:
+    scratch = Path(env.settings.storage_root) / "jobs" / spec.job_id
+    scratch.mkdir(parents=True, exist_ok=True)
+    return RunContext(
+        device=env.settings.device,
+        seed=spec.seed,
+        progress=ProgressWriter(env.sessions, spec.job_id, env.settings.progress_interval_s),
+        should_cancel=CancelPoller(env.sessions, spec.job_id, env.settings.cancel_poll_interval_s),
+        scratch_dir=scratch,
+    )
+
+
+class ProgressWriter:
+    """``RunContext.progress``: writes stage/progress to the job row, at most once per interval."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, interval_s: float) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.interval_s = interval_s
+        self._last = -math.inf
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return
+        self._last = now
+        with session_scope(self.sessions) as session:
+            repo.update_job_progress(session, self.job_id, stage, fraction)
+
+
+class CancelPoller:
+    """``RunContext.should_cancel``: True once the job is cancelling (polled per interval)."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, interval_s: float) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.interval_s = interval_s
+        self._last = -math.inf
+        self._cancel = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if self._cancel or now - self._last < self.interval_s:
+            return self._cancel
+        self._last = now
+        with session_scope(self.sessions) as session:
+            state = repo.get_job_state(session, self.job_id)
+        self._cancel = state in (None, JobState.cancelling, JobState.cancelled)
+        return self._cancel
+
+
+def job_metrics(spec: JobSpec, result: DetectionResult) -> dict[str, Any] | None:
+    if spec.ground_truth is None:
+        return None
+    gt = spec.ground_truth
+    metrics = evaluate(
+        result.scores, result.flags, gt["poison_indices"], gt.get("cover_indices") or None
+    )
+    return json_safe(metrics)
+
+
+def json_safe(value: dict[str, Any]) -> dict[str, Any]:
+    """Plain JSON (numpy scalars to Python, NaN/inf to null): JSONB refuses NaN."""
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+        raise TypeError(f"not JSON-able: {type(obj).__name__}")
+
+    text = json.dumps(value, default=default)
+    out: dict[str, Any] = json.loads(text, parse_constant=lambda _: None)
+    return out
+
+
+def persist(env: JobEnv, spec: JobSpec, result: DetectionResult) -> str:
+    """Scores, summary, metrics and ``succeeded`` in one transaction."""
+    metrics = job_metrics(spec, result)
+    summary = json_safe(result.summary())
+    ProgressWriter(env.sessions, spec.job_id, 0.0)("persist", 0.99)
+    with session_scope(env.sessions) as session:
+        job = repo.get_job(session, spec.job_id, for_update=True)
+        if job is None or job.state != JobState.running:
+            raise JobCancelled("cancelled before the results were stored")
+        repo.replace_scores(session, spec.job_id, result.scores, result.flags)
+        repo.mark_job_succeeded(session, spec.job_id, summary, metrics)
+    return JobState.succeeded.value
+
+
+def finish_cancelled(env: JobEnv, job_id: str) -> str:
+    with session_scope(env.sessions) as session:
+        repo.mark_job_cancelled(session, job_id)
+        state = repo.get_job_state(session, job_id)
+    return state or "missing"
+
+
+def finish_failed(env: JobEnv, job_id: str, error: str) -> str:
+    with session_scope(env.sessions) as session:
+        repo.mark_job_failed(session, job_id, error)
+        state = repo.get_job_state(session, job_id)
+    return state or "missing"
+
+
+def short_error(exc: BaseException) -> str:
+    """One line for the job row; the traceback goes to the worker log."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text[:MAX_ERROR_CHARS]
