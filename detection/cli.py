@@ -55,7 +55,7 @@ def collect_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_truth(path: Path | None) -> tuple[NDArray[np.int64] | None, NDArray[np.int64] | None]:
-    """Read ``{"poison_indices": [...], "cover_indices": [...]}`` written by ``poisonscan poison``."""
+    """Read ground truth JSON (``poison_indices``, ``cover_indices``) from ``poisonscan poison``."""
     if path is None:
         return None, None
     raw = json.loads(path.read_text())
@@ -104,7 +104,7 @@ def write_scores(path: Path, result: DetectionResult) -> None:
     }
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        np.savez(path, **columns)
+        np.savez(path, **columns)  # type: ignore[arg-type]
     elif suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -122,7 +122,9 @@ def format_metrics(metrics: dict[str, float | int]) -> str:
     keys = ["n_samples", "n_poison", "n_flagged", "tpr", "fpr", "auroc", "ap", "tpr_at_fpr_1"]
     head = "| " + " | ".join(keys) + " |"
     rule = "|" + "---|" * len(keys)
-    cells = [f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]) for k in keys]
+    cells = [
+        f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]) for k in keys
+    ]
     return "\n".join([head, rule, "| " + " | ".join(cells) + " |"])
 
 

@@ -49,8 +49,8 @@ def parse_detectors(spec: str, extra: dict[str, Any]) -> dict[str, dict[str, Any
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from detection.bench_api import ApiRunner
     from detection.bench import local_runner
+    from detection.bench_api import ApiRunner
 
     detector_params = json.loads(args.detector_params) if args.detector_params else {}
     detectors = parse_detectors(args.detectors, detector_params)

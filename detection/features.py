@@ -22,7 +22,8 @@ class Outputs:
 
     @property
     def predictions(self) -> NDArray[np.int64]:
-        return self.logits.argmax(axis=1).astype(np.int64)
+        preds: NDArray[np.int64] = self.logits.argmax(axis=1).astype(np.int64)
+        return preds
 
     def probabilities(self) -> NDArray[np.float32]:
         z = self.logits - self.logits.max(axis=1, keepdims=True)
@@ -52,11 +53,11 @@ def predict(
     )
 
 
-def per_sample_loss(logits: NDArray[np.float32], labels: NDArray[np.integer]) -> NDArray[np.float64]:
+def per_sample_loss(
+    logits: NDArray[np.float32], labels: NDArray[np.integer]
+) -> NDArray[np.float64]:
     """Cross-entropy of each sample's given label, shape (N,)."""
     z = torch.from_numpy(np.asarray(logits, dtype=np.float32))
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    out: NDArray[np.float64] = (
-        nn.functional.cross_entropy(z, y, reduction="none").double().numpy()
-    )
+    out: NDArray[np.float64] = nn.functional.cross_entropy(z, y, reduction="none").double().numpy()
     return out

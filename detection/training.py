@@ -28,6 +28,7 @@ from detection.types import RunContext
 
 LossFn = Callable[[int], Tensor]
 Schedule = Literal["constant", "cosine", "onecycle"]
+OptimizerName = Literal["sgd", "adam"]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -159,13 +160,31 @@ def augment_images(xb: Tensor, flip: bool = True) -> Tensor:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD settings for :func:`train_steps`."""
+    """Optimiser settings for :func:`train_steps`.
+
+    ``name`` "sgd" (the default, used for every classifier) or "adam" (for
+    attack-side networks whose outputs are scaled far below 1, where SGD's
+    step size does not adapt); Adam ignores ``momentum`` and ``nesterov``.
+    """
 
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
     schedule: Schedule = "cosine"
+    name: OptimizerName = "sgd"
+
+
+def _optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=optim.lr,
+        momentum=optim.momentum,
+        weight_decay=optim.weight_decay,
+        nesterov=optim.nesterov and optim.momentum > 0,
+    )
 
 
 def _lr_factor(schedule: Schedule, step: int, n_steps: int) -> float:
@@ -187,29 +206,21 @@ def train_steps(
     stage: str = "train",
     check_every: int = 100,
 ) -> list[float]:
-    """Run ``n_steps`` SGD steps on ``loss_fn(step)``; the one training loop.
+    """Run ``n_steps`` optimiser steps on ``loss_fn(step)``; the one training loop.
 
     Reports ``(stage, fraction)`` progress and polls cancellation every
     ``check_every`` steps. Returns the loss every ``check_every`` steps.
     """
     device = next(model.parameters()).device
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=optim.lr,
-        momentum=optim.momentum,
-        weight_decay=optim.weight_decay,
-        nesterov=optim.nesterov and optim.momentum > 0,
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: _lr_factor(optim.schedule, s, n_steps)
-    )
+    opt = _optimizer(model, optim)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(optim.schedule, s, n_steps))
     model.train()
     history: list[float] = []
     for step in range(n_steps):
         with autocast_for(device):
             loss = loss_fn(step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
         if (step + 1) % check_every == 0 or step + 1 == n_steps:

@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from service.config import Settings
-from service.db import create_db_engine
+from service.db import create_db_engine, normalise_url
 from service.models import Base
 
 config = context.config
@@ -19,7 +19,7 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    return config.get_main_option("sqlalchemy.url") or Settings().database_url
+    return normalise_url(config.get_main_option("sqlalchemy.url") or Settings().database_url)
 
 
 def _configure(connection: Connection) -> None:

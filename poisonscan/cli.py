@@ -103,9 +103,7 @@ def add_service_parsers(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = library_cli.build_parser()
-    sub = next(
-        a for a in parser._actions if isinstance(a, argparse._SubParsersAction)  # noqa: SLF001
-    )
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     add_service_parsers(sub)
     return parser
 

@@ -156,7 +156,8 @@ def table(jobs: list[dict[str, Any]]) -> str:
         cells = [f"{m[k]:.3f}" if k in m else "-" for k in ("tpr", "fpr", "auroc", "ap")]
         flagged = m.get("n_flagged", (job.get("summary") or {}).get("n_flagged", "-"))
         rows.append(
-            f"| {job['method']} | {job['state']} | {flagged} | " + " | ".join(cells)
+            f"| {job['method']} | {job['state']} | {flagged} | "
+            + " | ".join(cells)
             + f" | {seconds(job):.1f} |"
         )
     return "\n".join(rows)
@@ -178,7 +179,10 @@ def run_demo(args: argparse.Namespace) -> int:
     jobs = []
     with running_worker(work / "worker.log"), running_api(port) as url:
         client = httpx.Client(base_url=url, timeout=60)
-        inspected, clean = upload(client, work / "inspected.npz"), upload(client, work / "clean.npz")
+        inspected, clean = (
+            upload(client, work / "inspected.npz"),
+            upload(client, work / "clean.npz"),
+        )
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
             body = {
                 "dataset_id": inspected,
@@ -198,4 +202,3 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         print(f"some jobs did not succeed; worker log: {work / 'worker.log'}")
     return 0 if ok else 1
-

@@ -38,12 +38,13 @@ async def _dataset_format_error(request: Request, exc: Exception) -> Response:
     return problem(422, f"invalid dataset: {exc}", instance=request.url.path)
 
 
-def _upload_size_guard(
-    limit: int,
-) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
-    async def guard(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+CallNext = Callable[[Request], Awaitable[Response]]
+
+
+def _upload_size_guard(limit: int) -> Callable[[Request, CallNext], Awaitable[Response]]:
+    """Refuse a POST whose declared size cannot fit the upload limit, before parsing it."""
+
+    async def guard(request: Request, call_next: CallNext) -> Response:
         length = request.headers.get("content-length", "")
         if request.method == "POST" and length.isdigit() and int(length) > limit:
             return problem(413, f"request body exceeds {limit} bytes", instance=request.url.path)

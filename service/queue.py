@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 from service.config import Settings
 
@@ -26,9 +27,24 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     return {}
 
 
+def job_queues(settings: Settings) -> tuple[Queue, ...]:
+    """``gpu`` and ``cpu`` (plus ``settings.job_queue``), each on its own direct exchange.
+
+    Explicit exchanges matter: Celery binds a bare ``Queue("cpu")`` to the default
+    exchange and routing key, so it would receive a copy of every ``gpu`` message.
+    """
+    names = dict.fromkeys(("gpu", "cpu", settings.job_queue))
+    return tuple(
+        Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+        for name in names
+    )
+
+
 def make_celery_client(settings: Settings) -> Celery:
     app = Celery("poisonscan-api", broker=settings.broker_url, set_as_current=False)
     app.conf.update(
+        task_queues=job_queues(settings),
+        task_default_queue=settings.job_queue,
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=False,
         task_ignore_result=True,

@@ -26,7 +26,9 @@ def test_param_pair_without_equals_is_rejected() -> None:
         parse_param_pairs(["budget"])
 
 
-def test_unknown_method_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_method_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["scan", str(tmp_path / "missing.npz"), "--method", "nope"]) == 2
     assert "unknown detector 'nope'" in capsys.readouterr().err
 

@@ -8,15 +8,9 @@ whose worker died is requeued. Results live in the job row; no result backend.
 from __future__ import annotations
 
 from celery import Celery
-from kombu.entity import Queue
 
 from service.config import Settings, get_settings
-from service.queue import RUN_JOB_TASK, broker_transport_options
-
-
-def job_queues(settings: Settings) -> tuple[Queue, ...]:
-    names = dict.fromkeys(("gpu", "cpu", settings.job_queue))
-    return tuple(Queue(name) for name in names)  # type: ignore[no-untyped-call]
+from service.queue import RUN_JOB_TASK, broker_transport_options, job_queues
 
 
 def make_celery_app(settings: Settings) -> Celery:
@@ -35,7 +29,6 @@ def make_celery_app(settings: Settings) -> Celery:
         task_always_eager=settings.task_always_eager,
         task_serializer="json",
         accept_content=["json"],
-        worker_hijack_root_logger=False,
     )
     return app
 

@@ -73,6 +73,7 @@ def run_job(job_id: str, settings: Settings) -> str:
     try:
         return execute(env, spec)
     except JobCancelled:
+        log.info("job %s cancelled", job_id)
         return finish_cancelled(env, job_id)
     except Exception as exc:
         log.exception("job %s failed", job_id)
@@ -92,6 +93,7 @@ def start_job(env: JobEnv, job_id: str) -> tuple[JobSpec | None, str]:
             repo.mark_job_cancelled(session, job_id)
             return None, JobState.cancelled.value
         repo.mark_job_running(session, job_id, code_version())
+        log.info("job %s running (%s, attempt %d)", job_id, job.method, job.attempts + 1)
         return _spec(session, job_id), JobState.running.value
 
 
@@ -192,6 +194,8 @@ class CancelPoller:
         with session_scope(self.sessions) as session:
             state = repo.get_job_state(session, self.job_id)
         self._cancel = state in (None, JobState.cancelling, JobState.cancelled)
+        if self._cancel:
+            log.info("job %s: cancellation requested", self.job_id)
         return self._cancel
 
 

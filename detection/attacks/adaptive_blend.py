@@ -23,8 +23,7 @@ from detection.attacks.base import (
     not_target,
     register_attack,
 )
-from detection.attacks.blend import pattern_rng
-from detection.attacks.triggers import FloatArray, blend, piece_masks, texture
+from detection.attacks.triggers import FloatArray, blend, pattern_rng, piece_masks, texture
 
 
 class AdaptiveBlendParams(AttackParams):

@@ -23,7 +23,7 @@ from detection.attacks.base import (
     not_target,
     register_attack,
 )
-from detection.attacks.blend import pattern_rng
+from detection.attacks.triggers import pattern_rng
 
 
 class KWayParams(AttackParams):

@@ -25,8 +25,15 @@ from detection.attacks.base import (
     not_target,
     register_attack,
 )
-from detection.attacks.blend import pattern_rng
-from detection.attacks.triggers import Box, Corner, bright_blob, corner_box, paste, scaled
+from detection.attacks.triggers import (
+    Box,
+    Corner,
+    bright_blob,
+    corner_box,
+    paste,
+    pattern_rng,
+    scaled,
+)
 
 CORNERS: tuple[Corner, ...] = ("top_left", "bottom_right", "top_right", "bottom_left")
 

@@ -22,7 +22,7 @@ from detection.attacks.base import (
     register_attack,
 )
 from detection.attacks.triggers import blend as blend_images
-from detection.attacks.triggers import texture
+from detection.attacks.triggers import pattern_rng, texture
 
 
 class BlendParams(AttackParams):
@@ -33,12 +33,6 @@ class BlendParams(AttackParams):
     pattern_seed: int | None = Field(
         None, description="Seed of the texture; None: drawn from the attack seed."
     )
-
-
-def pattern_rng(pattern_seed: int | None, rng: np.random.Generator) -> np.random.Generator:
-    """A generator for trigger textures: fixed by ``pattern_seed`` or split from ``rng``."""
-    seed = int(rng.integers(2**63)) if pattern_seed is None else pattern_seed
-    return np.random.default_rng(seed)
 
 
 @register_attack("blend", BlendParams, "Blend a full-image texture at alpha 0.2 (Chen et al. 2017)")

@@ -5,14 +5,14 @@ A tiny conv generator maps each image to its own pattern and mask; it is
 trained jointly with a small classifier so that ``x + m(x) (p(x) - x)`` is
 classified as the target, while "cross" samples (x with the trigger generated
 for another image) keep their label, a diversity loss keeps patterns
-input-specific, and a mask-density penalty keeps masks small. The trained
+input-specific, and a mask-density penalty keeps masks small; the mask is
+soft-thresholded to nearly binary as in the paper's mask network. The trained
 generator then poisons the chosen samples. Training is tiny by default (a few
-hundred steps) and goes through the shared loop.
+hundred Adam steps, the paper's generator optimiser; here the classifier
+shares it) and goes through the shared loop.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -42,14 +42,14 @@ from detection.training import LossFn, OptimConfig, TensorData, index_batches, t
 from detection.types import RunContext
 
 # the paper's 1e-7 makes the ratio explode while patterns are still alike at
-# initialisation, which blows the mask into saturation on the first SGD steps
+# initialisation, which blows the mask into saturation on the first steps
 DIV_EPS = 0.05
 
 
 class DynamicParams(TrainedAttackParams, AttackParams):
     rate: float = Field(0.003, gt=0.0, le=0.5)
     steps: int = Field(300, ge=1, description="Joint generator/classifier training steps.")
-    lr: float = Field(0.01, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate.")
     backdoor_ratio: float = Field(0.1, gt=0.0, lt=1.0, description="Backdoored share of a batch.")
     cross_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Cross-trigger share of a batch.")
     mask_density: float = Field(0.05, gt=0.0, le=1.0, description="Target mean mask value.")
@@ -58,23 +58,25 @@ class DynamicParams(TrainedAttackParams, AttackParams):
 
 
 class InputAwareGenerator(nn.Module):
-    """Image -> (pattern in [0, 1], mask in [0, 1]), both per pixel."""
+    """Image -> (pattern in [0, 1], mask in [0, 1]), both per pixel.
 
-    def __init__(self, channels: int, width: int, mask_density: float) -> None:
+    As in the paper's mask network, the mask goes through a steep soft
+    threshold (``0.5 + 0.5 tanh(20 s - 10)`` of a sigmoid ``s``), so it ends
+    up nearly binary: a few pixels fully replaced by the pattern rather than a
+    faint blend everywhere, which a victim trained on a few poisons would not
+    pick up.
+    """
+
+    def __init__(self, channels: int, width: int) -> None:
         super().__init__()
         self.channels = channels
         self.net = tiny_conv_net(channels, channels + 1, width)
-        # start the mask at the target density: from 0.5 the density penalty
-        # drives the sigmoid into saturation and the mask never recovers
-        last = self.net[-1]
-        assert isinstance(last, nn.Conv2d) and last.bias is not None
-        with torch.no_grad():
-            last.weight[channels:].mul_(0.1)
-            last.bias[channels:] = math.log(mask_density / (1.0 - mask_density + 1e-6))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         out = self.net(x)
-        return torch.sigmoid(out[:, : self.channels]), torch.sigmoid(out[:, self.channels :])
+        soft = torch.sigmoid(out[:, self.channels :])
+        mask = 0.5 + 0.5 * torch.tanh(20.0 * soft - 10.0)
+        return torch.sigmoid(out[:, : self.channels]), mask
 
     def backdoor(self, x: Tensor) -> Tensor:
         """Poison ``x`` (NCHW on [0, 1]) with its own pattern."""
@@ -120,10 +122,10 @@ def train_generator(
 ) -> InputAwareGenerator:
     """Train the generator jointly with a throw-away small CNN."""
     c = data.input_shape[0]
-    generator = InputAwareGenerator(c, params.width, params.mask_density)
+    generator = InputAwareGenerator(c, params.width)
     clf = build_model("small_cnn", data.input_shape, n_classes, params.width)
     nets = nn.ModuleDict({"gen": generator, "clf": clf}).to(data.device)
-    optim = OptimConfig(lr=params.lr, momentum=0.9, weight_decay=5e-4)
+    optim = OptimConfig(lr=params.lr, weight_decay=0.0, name="adam")
     train_steps(nets, params.steps, joint_loss(nets, data, params, ctx), optim, ctx, "dynamic")
     return generator
 

@@ -76,3 +76,13 @@ def normalised(data: TensorData) -> Callable[[Tensor], Tensor]:
     mean = data.mean.view(1, -1, 1, 1)
     std = data.std.view(1, -1, 1, 1)
     return lambda t: (t - mean) / std
+
+
+def quantised(t: Tensor) -> Tensor:
+    """Round [0, 1] images to the uint8 grid with a straight-through gradient.
+
+    Attack outputs are stored as uint8, so a learned signal must survive the
+    rounding; the gradient passes through as if nothing had been rounded.
+    """
+    out: Tensor = t + (torch.round(t * 255.0) / 255.0 - t).detach()
+    return out

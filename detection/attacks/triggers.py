@@ -25,6 +25,12 @@ UInt8Array = NDArray[np.uint8]
 REFERENCE_SIZE = 32
 
 
+def pattern_rng(pattern_seed: int | None, rng: np.random.Generator) -> np.random.Generator:
+    """A generator for trigger textures: fixed by ``pattern_seed`` or split from ``rng``."""
+    seed = int(rng.integers(2**63)) if pattern_seed is None else pattern_seed
+    return np.random.default_rng(seed)
+
+
 def scaled(length: float, size: int, minimum: int = 1) -> int:
     """``length`` (given for 32-pixel images) scaled to ``size`` pixels."""
     return max(minimum, round(length * size / REFERENCE_SIZE))

@@ -24,8 +24,7 @@ from detection.attacks.base import (
     not_target,
     register_attack,
 )
-from detection.attacks.blend import pattern_rng
-from detection.attacks.triggers import Box, colour_patch, paste, scaled
+from detection.attacks.triggers import Box, colour_patch, paste, pattern_rng, scaled
 
 
 class PatchParams(AttackParams):

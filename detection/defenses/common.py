@@ -21,7 +21,7 @@ from detection.base_model import BaseModelParams, FittedModel, fit_base_model
 from detection.features import predict
 from detection.types import DetectionError, DetectionInput, RunContext
 
-ThresholdRule = Literal["budget", "clean_fpr"]
+ThresholdRule = Literal["auto", "budget", "clean_fpr"]
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]

@@ -114,35 +114,32 @@ def stratified_reserve(
     size: int,
     n_classes: int,
     rng: np.random.Generator,
-    exclude_fraction: float = 0.1,
+    band: float = 0.2,
 ) -> tuple[IntArray, int]:
-    """Class-stratified random reserve that avoids the lowest-loss samples.
+    """Class-stratified random reserve from the middle of each class's loss distribution.
 
-    The ``exclude_fraction`` of samples with the lowest loss (poisons are
-    learned first) are excluded; each class gets a share of ``size``
-    proportional to its *total* count, drawn at random from its eligible
-    samples. A class whose eligible samples do not cover its share (an
-    "easy" class whose clean samples all had a low loss) is filled up with its
-    excluded samples of the highest loss, so the reserve never under-represents
-    a class (an under-represented class is never confused and would later look
-    like a backdoor target).
+    Each class gets a share of ``size`` proportional to its count, drawn at
+    random from its samples whose loss quantile *within the class* lies in
+    the central band ``[0.5 - band/2, 0.5 + band/2]``. Poisons sit in the tails
+    of a short probe training's loss: the lowest once the trigger is learned
+    (the paper's "poisons are learned first"), the highest before that, since
+    they look like another class. A global lowest-loss cut would also strip
+    whole "easy" classes of their typical samples. When a band is smaller than
+    its class's share, the samples nearest the class median fill it.
 
     Returns
     -------
-    (indices, n_filled) : (ndarray of int64, int)
-        Sorted reserve indices and how many came from the excluded samples.
+    (indices, n_outside_band) : (ndarray of int64, int)
+        Sorted reserve indices and how many lie outside the band.
     """
-    n = labels.size
-    excluded = np.zeros(n, dtype=bool)
-    excluded[np.argsort(losses, kind="stable")[: int(exclude_fraction * n)]] = True
-    # Eligible samples first in random order, then excluded ones by decreasing loss.
-    desc_rank = np.empty(n, dtype=np.float64)
-    desc_rank[np.argsort(-losses, kind="stable")] = np.arange(n)
-    key = np.where(excluded, 1.0 + desc_rank / max(1, n), rng.random(n))
     counts = np.bincount(labels, minlength=n_classes)[:n_classes]
+    quantile = (rank_within_class(losses, labels, n_classes) + 0.5) / np.maximum(counts, 1)[labels]
+    off_centre = np.abs(quantile - 0.5)
+    in_band = off_centre <= band / 2
+    key = np.where(in_band, rng.random(labels.size), 1.0 + off_centre)
     quota = class_quotas(counts, size)
     chosen = rank_within_class(key, labels, n_classes) < quota[labels]
-    return np.flatnonzero(chosen).astype(np.int64), int((chosen & excluded).sum())
+    return np.flatnonzero(chosen).astype(np.int64), int((chosen & ~in_band).sum())
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,24 @@ Ours centres and scales ``p`` robustly per class instead,
 the same whenever poisons are a minority, but the mean sits between the clean
 and poison modes, so the raw score of a class's clean samples grows with its
 poison share; the robust z keeps clean samples of every class on one scale,
-which the dense score and the clean-reserve threshold need.
+which the dense score and the clean-reserve threshold need. Median and MAD
+are re-estimated without the samples beyond 3 robust SDs, so a large poison
+mode does not drag them off the clean majority.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from detection.base_model import BaseModelParams
 from detection.defenses.common import (
+    BaseFeatures,
+    BoolArray,
     FloatArray,
     IntArray,
     ThresholdRule,
@@ -36,20 +41,29 @@ from detection.defenses.common import (
     robust_outlier_classes,
 )
 from detection.registry import DetectorParams, register_detector
-from detection.types import DetectionInput, DetectionResult, RunContext, class_summaries
-
+from detection.types import (
+    DetectionError,
+    DetectionInput,
+    DetectionResult,
+    RunContext,
+    class_summaries,
+)
 
 # A tail share must exceed the class median by ~1.5 points to mark a target class.
 MIN_TAIL_MAD = 0.003
+# Location/scale of the projections are re-estimated without samples beyond TRIM_Z.
+TRIM_Z = 3.0
+TRIM_ITERS = 3
 
 
 class SpectralParams(DetectorParams):
     """Params of the ``ss`` detector."""
 
     threshold: ThresholdRule = Field(
-        "budget",
+        "auto",
         description="budget: flag the top 1.5*budget of each class (Tran et al.); "
-        "clean_fpr: flag scores above the clean reserve's (1 - target_fpr) quantile.",
+        "clean_fpr: flag scores above the clean reserve's (1 - target_fpr) quantile; "
+        "auto: clean_fpr when a clean reserve is given, else budget.",
     )
     target_fpr: float = Field(0.05, gt=0.0, lt=1.0, description="FPR on the clean reserve.")
     removal_factor: float = Field(
@@ -75,7 +89,7 @@ class SpectralFit:
     directions : ndarray, shape (C, D)
         Unit top right-singular vector of each centred class matrix.
     centres : ndarray, shape (C,)
-        Median projection of each class on its direction.
+        Trimmed median projection of each class on its direction.
     scales : ndarray, shape (C,)
         Robust spread (1.4826 MAD) of those projections, positive.
     variance_share : ndarray, shape (C,)
@@ -125,13 +139,33 @@ def _robust_location_scale(
     centres = np.zeros(n_classes)
     scales = np.ones(n_classes)
     for c, idx in enumerate(class_groups(labels, n_classes)):
-        if idx.size == 0:
-            continue
-        centres[c] = float(np.median(proj[idx]))
-        mad = 1.4826 * float(np.median(np.abs(proj[idx] - centres[c])))
-        std = float(proj[idx].std())
-        scales[c] = mad if mad > 1e-12 else (std if std > 1e-12 else 1.0)
+        if idx.size:
+            centres[c], scales[c] = trimmed_median_mad(proj[idx])
     return centres, scales
+
+
+def trimmed_median_mad(
+    values: FloatArray, trim_z: float = TRIM_Z, n_iter: int = TRIM_ITERS
+) -> tuple[float, float]:
+    """Median and scaled MAD of ``values``, re-estimated without ``|z| > trim_z``.
+
+    With a poison mode on one side, the plain median drifts towards it;
+    re-estimating on the samples within ``trim_z`` pulls the centre and scale
+    back to the clean majority. On a unimodal class it changes almost nothing.
+    """
+    keep = np.ones(values.shape[0], dtype=bool)
+    centre, scale = 0.0, 1.0
+    for _ in range(n_iter):
+        centre = float(np.median(values[keep]))
+        dev = np.abs(values[keep] - centre)
+        mad = 1.4826 * float(np.median(dev))
+        std = float(values[keep].std())
+        scale = mad if mad > 1e-12 else (std if std > 1e-12 else 1.0)
+        new_keep = np.abs(values - centre) <= trim_z * scale
+        if new_keep.sum() < max(2, values.shape[0] // 2) or (new_keep == keep).all():
+            break
+        keep = new_keep
+    return centre, scale
 
 
 def projections(
@@ -168,6 +202,38 @@ def tail_shares(
     return out
 
 
+def strongest_class(shares: FloatArray, outlier_z: float = 3.5) -> list[int]:
+    """``[argmax]`` of the per-class tail shares if it is a robust outlier, else ``[]``.
+
+    Only the strongest class is reported: heavy-tailed clean classes can be
+    outliers too, while an all-to-one backdoor has exactly one target.
+    """
+    best = int(np.argmax(shares))
+    return [best] if best in robust_outlier_classes(shares, outlier_z, MIN_TAIL_MAD) else []
+
+
+def _flag(
+    scores: FloatArray,
+    fit: SpectralFit,
+    feats: BaseFeatures,
+    params: SpectralParams,
+    n_classes: int,
+) -> tuple[BoolArray, dict[str, Any]]:
+    """Flags by the budget rule or the clean-reserve quantile, and the rule used."""
+    rule = params.threshold
+    if rule == "auto":
+        rule = "budget" if feats.clean_features is None else "clean_fpr"
+    if rule == "budget":
+        fraction = params.removal_factor * params.budget
+        flags = budget_flags(scores, class_groups(feats.labels, n_classes), fraction)
+        return flags, {"rule": "budget", "fraction_per_class": fraction}
+    if feats.clean_features is None or feats.clean_labels is None:
+        raise DetectionError("ss: threshold='clean_fpr' needs a clean reserve")
+    reserve = spectral_scores(fit, feats.clean_features, feats.clean_labels)
+    cut = clean_fpr_threshold(reserve, params.target_fpr)
+    return scores > cut, {"rule": "clean_fpr", "target_fpr": params.target_fpr, "score": cut}
+
+
 @register_detector("ss", SpectralParams, "Spectral Signatures (Tran et al. 2018)")
 def detect(inp: DetectionInput, params: SpectralParams, ctx: RunContext) -> DetectionResult:
     """Score every sample by its squared projection on its class's top singular direction.
@@ -175,10 +241,11 @@ def detect(inp: DetectionInput, params: SpectralParams, ctx: RunContext) -> Dete
     Returns
     -------
     DetectionResult
-        ``scores`` (N,), higher = more suspicious; ``flags`` from the chosen
-        threshold rule; per-class statistic = variance share of the top
-        direction; ``target_classes`` = classes whose statistic is a robust
-        outlier among classes.
+        ``scores`` (N,): squared robust z along the class's top direction,
+        higher = more suspicious; ``flags`` from the chosen threshold rule;
+        per-class statistic = tail share (fraction of the class beyond
+        ``tail_z``); ``target_classes`` = the class with the largest tail
+        share when that share is a robust outlier among classes.
     """
     if params.threshold == "clean_fpr":
         require_reserve(inp, "ss")
@@ -188,26 +255,14 @@ def detect(inp: DetectionInput, params: SpectralParams, ctx: RunContext) -> Dete
     start = time.perf_counter()
     fit = spectral_fit(feats.features, feats.labels, inp.n_classes)
     scores = spectral_scores(fit, feats.features, feats.labels)
-    if params.threshold == "budget":
-        fraction = params.removal_factor * params.budget
-        groups = class_groups(feats.labels, inp.n_classes)
-        flags = budget_flags(scores, groups, fraction)
-        threshold: dict[str, object] = {"rule": "budget", "fraction_per_class": fraction}
-    else:
-        assert feats.clean_features is not None and feats.clean_labels is not None
-        reserve = spectral_scores(fit, feats.clean_features, feats.clean_labels)
-        cut = clean_fpr_threshold(reserve, params.target_fpr)
-        flags = scores > cut
-        threshold = {"rule": "clean_fpr", "target_fpr": params.target_fpr, "score": cut}
+    flags, threshold = _flag(scores, fit, feats, params, inp.n_classes)
     shares = tail_shares(scores, feats.labels, inp.n_classes, params.tail_z)
-    targets = robust_outlier_classes(shares, params.outlier_z, min_mad=MIN_TAIL_MAD)
+    targets = strongest_class(shares, params.outlier_z)
     ctx.report("score", 1.0)
     return DetectionResult(
         scores=scores,
         flags=flags,
-        classes=class_summaries(
-            feats.labels, flags, inp.n_classes, shares, set(targets)
-        ),
+        classes=class_summaries(feats.labels, flags, inp.n_classes, shares, set(targets)),
         target_classes=targets,
         info={
             "threshold": threshold,

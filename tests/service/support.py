@@ -147,7 +147,7 @@ def broker_queue_size(settings: Settings, queue: str) -> int:
     if settings.broker_url.startswith("redis"):
         client = redis.Redis.from_url(settings.broker_url)
         try:
-            return int(client.llen(queue))  # type: ignore[arg-type]
+            return int(client.llen(queue))
         finally:
             client.close()
     path = make_url(settings.broker_url.removeprefix("sqla+")).database
@@ -189,7 +189,10 @@ def upload(
     client: TestClient, data: bytes, filename: str = "set.npz", name: str | None = None
 ) -> httpx.Response:
     files = {"file": (filename, io.BytesIO(data), "application/octet-stream")}
-    return client.post("/datasets", files=files, data={"name": name} if name else None)
+    resp: httpx.Response = client.post(
+        "/datasets", files=files, data={"name": name} if name else None
+    )
+    return resp
 
 
 def stored_files(settings: Settings) -> list[Path]:

@@ -123,6 +123,18 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(
     assert stored_files(settings) == []
 
 
+def test_oversized_request_is_refused_before_parsing(
+    client: TestClient, settings: Settings
+) -> None:
+    data = b"\0" * (settings.max_upload_bytes + 128 * 1024)
+
+    resp = upload(client, data, filename="huge.npz")
+
+    assert resp.status_code == 413
+    assert resp.json()["detail"].startswith("request body exceeds")
+    assert stored_files(settings) == []
+
+
 def test_missing_file_is_a_validation_problem(client: TestClient) -> None:
     resp = client.post("/datasets", data={"name": "x"})
 

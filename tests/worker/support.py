@@ -81,12 +81,15 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def celery_worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(
+    settings: Settings, log_path: Path, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """``celery -A worker.celery_app worker -Q gpu,cpu --pool solo`` on the test's settings."""
     cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
     cmd += ["-Q", "gpu,cpu", "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO"]
     cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    with background(cmd, settings_env(settings), log_path, lambda t: " ready." in t) as proc:
+    env = settings_env(settings) if env is None else env
+    with background(cmd, env, log_path, lambda t: " ready." in t) as proc:
         yield proc
 
 
@@ -109,17 +112,23 @@ def planted_digits(rate: float = 0.05, target: int = 0, seed: int = 0) -> Plante
     return Planted(x, labels, idx.astype(np.int64))
 
 
-def wait_for_state(
-    client: TestClient, job_id: str, states: set[str], timeout_s: float
+def wait_for(
+    client: TestClient, job_id: str, done: Callable[[dict[str, Any]], bool], timeout_s: float
 ) -> dict[str, Any]:
-    """Poll ``GET /jobs/{id}`` until its state is in ``states``."""
+    """Poll ``GET /jobs/{id}`` until ``done(job)``."""
     deadline = time.monotonic() + timeout_s
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
         job = client.get(f"/jobs/{job_id}").json()
-        if job["state"] in states:
+        if done(job):
             return job
-        time.sleep(0.5)
-    raise TimeoutError(
-        f"job {job_id} still {job.get('state')} ({job.get('stage')}) after {timeout_s} s"
-    )
+        time.sleep(0.25)
+    state = f"{job.get('state')} ({job.get('stage')}, {job.get('progress')})"
+    raise TimeoutError(f"job {job_id} still {state} after {timeout_s} s")
+
+
+def wait_for_state(
+    client: TestClient, job_id: str, states: set[str], timeout_s: float
+) -> dict[str, Any]:
+    """Poll ``GET /jobs/{id}`` until its state is in ``states``."""
+    return wait_for(client, job_id, lambda job: job["state"] in states, timeout_s)

@@ -17,7 +17,13 @@ from sqlalchemy import text
 from service.config import Settings
 from service.db import get_sessionmaker, session_scope
 from tests.service.support import QueueSize, npz_bytes, upload
-from tests.worker.support import Planted, celery_worker, planted_digits, wait_for_state
+from tests.worker.support import (
+    Planted,
+    celery_worker,
+    planted_digits,
+    wait_for,
+    wait_for_state,
+)
 from worker import jobs
 
 JOB_TIMEOUT_S = 300.0
@@ -115,16 +121,27 @@ def test_worker_runs_a_spectral_job_end_to_end(
 
 @pytest.mark.slow
 def test_cancel_stops_a_running_job(
-    client: TestClient, settings: Settings, planted: Planted, dataset_id: str, tmp_path: Path
+    client: TestClient,
+    settings: Settings,
+    planted: Planted,
+    dataset_id: str,
+    queue_size: QueueSize,
+    tmp_path: Path,
 ) -> None:
-    job = post_ss_job(client, dataset_id, planted, base_model={"epochs": 400})
+    # An MLP base model takes thousands of quick steps, so cancellation polls come often.
+    long_run = {"arch": "mlp", "epochs": 400, "batch_size": 16}
 
     with celery_worker(settings, tmp_path / "worker.log"):
-        running = wait_for_state(client, job["id"], {"running"}, 120)
+        job = post_ss_job(client, dataset_id, planted, base_model=long_run)
+        training = wait_for(
+            client, job["id"], lambda j: (j["stage"] or "").startswith("base_model"), 120
+        )
+        assert queue_size("cpu") == 0  # a gpu message is not copied into the cpu queue
         cancel = client.delete(f"/jobs/{job['id']}")
-        done = wait_for_state(client, job["id"], {"cancelled", "failed", "succeeded"}, 120)
+        done = wait_for_state(client, job["id"], {"cancelled", "failed", "succeeded"}, 60)
 
-    assert running["state"] == "running"
+    assert training["state"] == "running"
+    assert 0.0 < training["progress"] < 0.5
     assert (cancel.status_code, cancel.json()["state"]) == (202, "cancelling")
     assert done["state"] == "cancelled"
     assert done["finished_at"] is not None
