@@ -31,7 +31,9 @@ Split = tuple[NDArray[np.int64], NDArray[np.int64]]
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads() -> None:
-    torch.set_num_threads(2)
+    # these nets are tiny: a second thread gains little on a quiet machine and
+    # costs 10x or more on a busy one (threads spin waiting for a core)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
