@@ -28,7 +28,8 @@ import torch
 
 from detection.attacks import plant
 from detection.datasets import load_source, split_reserve
-from detection.defenses.ct import CTParams, detect
+from detection.defenses.ct import detect
+from detection.defenses.ct_params import CTParams
 from detection.metrics import evaluate
 from detection.types import DetectionInput, RunContext
 

@@ -238,6 +238,8 @@ def index_batches(
 
     The last partial batch of an epoch is dropped unless it is the only one.
     """
+    if n <= 0:
+        raise ValueError("cannot draw batches from an empty dataset")
     batch_size = min(batch_size, n)
     per_epoch = max(1, n // batch_size)
     while True:

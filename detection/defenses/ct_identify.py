@@ -70,7 +70,7 @@ def rank_within_class(values: FloatArray, labels: IntArray, n_classes: int) -> I
 def distill_indices(
     losses: FloatArray, labels: IntArray, n_classes: int, ratio: float, topup: float
 ) -> IntArray:
-    """Keep the ``floor(ratio·N)`` lowest-loss samples plus per-class top-ups.
+    """Keep the ``floor(ratio·N)`` (at least one) lowest-loss samples plus per-class top-ups.
 
     Each class ``c`` then holds at least ``floor(topup · n_c)`` samples: its
     lowest-loss ones are added when the global cut left it short.
@@ -89,7 +89,7 @@ def distill_indices(
     """
     n = losses.size
     keep = np.zeros(n, dtype=bool)
-    n_keep = int(np.floor(ratio * n))
+    n_keep = min(n, max(1, int(np.floor(ratio * n))))  # a round never trains on nothing
     if n_keep > 0:
         keep[np.argsort(losses, kind="stable")[:n_keep]] = True
     counts = np.bincount(labels, minlength=n_classes)[:n_classes]

@@ -11,7 +11,7 @@ import torch
 from pydantic import ValidationError
 
 from detection.attacks import plant
-from detection.defenses.ct import PRESETS, CTParams, detect
+from detection.defenses.ct import detect
 from detection.defenses.ct_identify import (
     class_frequencies,
     confusion_shifts,
@@ -20,6 +20,7 @@ from detection.defenses.ct_identify import (
     likelihood_ratio_test,
     stratified_reserve,
 )
+from detection.defenses.ct_params import PRESETS, CTParams
 from detection.metrics import auroc, evaluate
 from detection.readers import LoadedDataset
 from detection.registry import parse_detector_params
