@@ -21,7 +21,6 @@ import psycopg
 import pytest
 import redis
 from alembic import command
-from alembic.config import Config
 from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from sqlalchemy.engine import make_url
@@ -30,22 +29,14 @@ from detection.readers import write_npz
 from service.config import Settings
 from service.db import get_engine, normalise_url
 from service.main import create_app
+from service.migrate import alembic_config
 
-ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get(
     "POISONSCAN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("POISONSCAN_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 BACKENDS = ["sqlite", "postgres"]
 QueueSize = Callable[[str], int]
-
-
-def alembic_config(database_url: str) -> Config:
-    """The repository's alembic.ini, pointed at ``database_url``."""
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("sqlalchemy.url", database_url)
-    cfg.attributes["configure_logger"] = False
-    return cfg
 
 
 def alembic_upgrade(database_url: str) -> None:
