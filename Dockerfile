@@ -18,6 +18,7 @@ COPY pyproject.toml README.md ./
 COPY detection ./detection
 COPY service ./service
 COPY worker ./worker
+COPY poisonscan ./poisonscan
 RUN pip install .
 COPY alembic.ini ./
 COPY migrations ./migrations

@@ -12,10 +12,16 @@ from service.config import get_settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def migrations_root() -> Path:
+    """The source checkout, else the working directory (an installed image's /app)."""
+    return REPO_ROOT if (REPO_ROOT / "alembic.ini").exists() else Path.cwd()
+
+
 def alembic_config(database_url: str) -> Config:
     """An Alembic config for ``database_url`` using the repository's migrations."""
-    cfg = Config(str(REPO_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    root = migrations_root()
+    cfg = Config(str(root / "alembic.ini"))
+    cfg.set_main_option("script_location", str(root / "migrations"))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
     return cfg
