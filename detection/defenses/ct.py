@@ -143,7 +143,7 @@ def _plain_config(params: CTParams, epochs: float) -> TrainConfig:
         lr=params.pretrain_lr,
         momentum=params.pretrain_momentum,
         weight_decay=params.weight_decay,
-        schedule="constant",
+        schedule=params.pretrain_schedule,
     )
     return TrainConfig(epochs=epochs, batch_size=params.batch_size, optim=optim, augment=False)
 
