@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,10 +22,11 @@ from numpy.typing import NDArray
 
 from detection.attacks import ATTACKS, PoisonedSet, plant
 from detection.datasets import load_source, split_reserve
-from detection.metrics import evaluate
+from detection.metrics import evaluate, roc_curve
 from detection.readers import LoadedDataset
 from detection.registry import run_detector
 from detection.types import DetectionInput, RunContext
+from detection.version import code_version
 
 TABLE_METRICS = ("tpr", "fpr", "auroc", "ap")
 
@@ -72,25 +71,6 @@ class Runner(Protocol):
     def __call__(
         self, inp: DetectionInput, detector: str, params: Mapping[str, Any], seed: int
     ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]: ...
-
-
-def code_version() -> str:
-    """Package version plus the git commit when run from a checkout."""
-    try:
-        pkg = version("poisonscan")
-    except PackageNotFoundError:
-        pkg = "unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return pkg
-    return f"{pkg}+{sha}"
 
 
 def local_runner(device: str | None = None) -> Runner:
@@ -228,16 +208,6 @@ def write_records(records: Sequence[BenchRecord], path: Path) -> None:
             fh.write(json.dumps(asdict(r), default=float) + "\n")
 
 
-def roc_points(
-    scores: NDArray[np.float64], mask: NDArray[np.bool_]
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    order = np.argsort(-scores, kind="stable")
-    hits = mask[order]
-    tpr = np.concatenate([[0.0], np.cumsum(hits) / max(1, hits.sum())])
-    fpr = np.concatenate([[0.0], np.cumsum(~hits) / max(1, (~hits).sum())])
-    return fpr, tpr
-
-
 def plot_results(results: Sequence[Scored], out_dir: Path) -> list[Path]:
     """Per attack: score histograms (clean vs poison) per detector, and ROC curves."""
     import matplotlib
@@ -258,7 +228,7 @@ def plot_results(results: Sequence[Scored], out_dir: Path) -> list[Path]:
             ax.set_title(f"{s.record.detector}: scores")
             ax.legend()
         for s in items:
-            fpr, tpr = roc_points(s.scores, s.poison_mask)
+            fpr, tpr = roc_curve(s.scores, s.poison_mask)
             axes[-1].plot(fpr, tpr, label=f"{s.record.detector} ({s.record.metrics['auroc']:.3f})")
         axes[-1].plot([0, 1], [0, 1], "k:", lw=0.8)
         axes[-1].set(title=f"ROC: {attack}", xlabel="FPR", ylabel="TPR")

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from pydantic import ValidationError
 
 from detection.cli_bench import add_bench_parsers
-from detection.metrics import evaluate
+from detection.metrics import evaluate, rank_by_score
 from detection.readers import DatasetFormatError, read_dataset
 from detection.registry import DETECTORS, UnknownNameError, parse_detector_params, run_detector
 from detection.types import DetectionError, DetectionInput, DetectionResult, RunContext
@@ -93,9 +93,7 @@ class ProgressBar:
 
 def write_scores(path: Path, result: DetectionResult) -> None:
     """Write sample_index, score, flagged, rank as .csv, .parquet or .npz."""
-    order = np.argsort(-result.scores, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(1, order.size + 1)
+    rank = rank_by_score(result.scores)
     columns = {
         "sample_index": np.arange(result.scores.size),
         "score": result.scores,

@@ -124,7 +124,7 @@ def stratified_subset(labels: ArrayLike, n: int, seed: int) -> NDArray[np.int64]
     if n >= y.size:
         return np.arange(y.size, dtype=np.int64)
     _, cls, counts = np.unique(y, return_inverse=True, return_counts=True)
-    quota = _quotas(counts, n)
+    quota = class_quotas(counts, n)
     perm = np.random.default_rng(seed).permutation(y.size)
     order = perm[np.argsort(cls[perm], kind="stable")]  # grouped by class, random within
     starts = np.cumsum(counts) - counts
@@ -146,12 +146,17 @@ def split_reserve(
     return np.flatnonzero(keep).astype(np.int64), reserve
 
 
-def _quotas(counts: NDArray[np.int64], n: int) -> NDArray[np.int64]:
-    exact = counts * (n / counts.sum())
+def class_quotas(counts: NDArray[np.int64], size: int) -> NDArray[np.int64]:
+    """Split ``size`` over classes in proportion to ``counts`` (largest remainder).
+
+    No class gets more than it has; ``size`` above the total yields ``counts``.
+    """
+    exact = counts * (size / max(1, int(counts.sum())))
     quota: NDArray[np.int64] = np.floor(exact).astype(np.int64)
-    rest = n - int(quota.sum())
-    quota[np.argsort(-(exact - quota), kind="stable")[:rest]] += 1
-    return quota
+    rest = min(size, int(counts.sum())) - int(quota.sum())
+    quota[np.argsort(-(exact - quota), kind="stable")[: max(0, rest)]] += 1
+    out: NDArray[np.int64] = np.minimum(quota, counts)
+    return out
 
 
 # --------------------------------------------------------------------------- sources

@@ -135,6 +135,26 @@ def evaluate(
 # --------------------------------------------------------------------------- thresholds
 
 
+def rank_by_score(scores: ArrayLike) -> NDArray[np.int64]:
+    """Rank of every sample, 1 = most suspicious; ties go to the lower index."""
+    s = _as_scores(scores)
+    order = np.lexsort((np.arange(s.size), -s))
+    ranks = np.empty(s.size, dtype=np.int64)
+    ranks[order] = np.arange(1, s.size + 1)
+    return ranks
+
+
+def roc_curve(
+    scores: ArrayLike, poison_mask: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(FPR, TPR) at every distinct threshold, from (0, 0) to (1, 1)."""
+    s, m = _scored(scores, poison_mask)
+    tps, fps = _roc_counts(s, m)
+    tpr = np.r_[0.0, tps / max(1, int(m.sum()))]
+    fpr = np.r_[0.0, fps / max(1, int((~m).sum()))]
+    return fpr, tpr
+
+
 def flag_top_fraction(scores: ArrayLike, budget: float) -> NDArray[np.bool_]:
     """Flag the ``ceil(budget * N)`` highest scores; ties go to the lower index."""
     if not 0.0 <= budget <= 1.0:

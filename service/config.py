@@ -8,7 +8,6 @@ broker and a storage directory, all under ``data_dir``. Production points
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Self
 
@@ -75,11 +74,3 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (cached; tests build their own ``Settings``)."""
     return Settings()
-
-
-def code_version() -> str:
-    """Version of the installed ``poisonscan`` distribution (stored on every job)."""
-    try:
-        return metadata.version("poisonscan")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"

@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import FastAPI, Request, Response
 
 from detection.readers import DatasetFormatError
+from detection.version import code_version
 from service.api import datasets, health, jobs, methods, scores
-from service.config import Settings, code_version, get_settings
+from service.config import Settings, get_settings
 from service.db import get_sessionmaker
 from service.errors import install_problem_handlers, problem
 from service.queue import Enqueue, JobQueue

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from detection.metrics import rank_by_score
 from service.models import FINISHED_STATES, Dataset, Job, JobState, SampleScore, utcnow
 
 ScoreOrder = Literal["score_desc", "index"]
@@ -181,14 +182,6 @@ def get_job_state(session: Session, job_id: str) -> str | None:
 # --- scores -----------------------------------------------------------------
 
 
-def rank_scores(scores: NDArray[np.float64]) -> NDArray[np.int64]:
-    """Rank 1 = most suspicious; ties go to the lower sample index."""
-    order = np.lexsort((np.arange(scores.shape[0]), -scores))
-    ranks = np.empty(scores.shape[0], dtype=np.int64)
-    ranks[order] = np.arange(1, scores.shape[0] + 1)
-    return ranks
-
-
 def _score_table(job_id: str, scores: NDArray[np.float64], flags: NDArray[np.bool_]) -> pa.Table:
     n = int(scores.shape[0])
     return pa.table(
@@ -197,7 +190,7 @@ def _score_table(job_id: str, scores: NDArray[np.float64], flags: NDArray[np.boo
             "sample_index": pa.array(np.arange(n, dtype=np.int64)),
             "score": pa.array(np.asarray(scores, dtype=np.float64)),
             "flagged": pa.array(np.asarray(flags, dtype=bool)),
-            "rank": pa.array(rank_scores(np.asarray(scores, dtype=np.float64))),
+            "rank": pa.array(rank_by_score(scores)),
         }
     )
 

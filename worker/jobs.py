@@ -23,8 +23,9 @@ from detection.metrics import evaluate
 from detection.readers import LoadedDataset, read_dataset
 from detection.registry import run_detector
 from detection.types import DetectionInput, DetectionResult, JobCancelled, RunContext
+from detection.version import code_version
 from service import repository as repo
-from service.config import Settings, code_version
+from service.config import Settings
 from service.db import get_sessionmaker, session_scope
 from service.models import FINISHED_STATES, JobState
 from service.storage import LocalStorage

@@ -65,9 +65,7 @@ def adaptive_blend(
     """Half-key blends: poisons -> target, covers keep labels; full key at test."""
     _, h, w, c = x.shape
     key = texture(h, w, c, pattern_rng(params.pattern_seed, rng), params.n_shapes)
-    poison, covers = choose_with_covers(
-        rng, not_target(labels, params), np.ones(labels.shape, bool), params
-    )
+    poison, covers = choose_with_covers(rng, not_target(labels, params), None, params)
     masks = random_piece_masks(poison.size + covers.size, h, w, params, rng) * params.alpha
     both = np.concatenate([poison, covers])
     blended = blend(x[both], key, masks)

@@ -72,9 +72,7 @@ def adaptive_k_way(
 ) -> PoisonedSet:
     """One of ``k`` pixel triggers per poison/cover; all ``k`` together at test."""
     layout = pixel_layout(x.shape[1:], params, pattern_rng(params.pattern_seed, rng))
-    poison, covers = choose_with_covers(
-        rng, not_target(labels, params), np.ones(labels.shape, bool), params
-    )
+    poison, covers = choose_with_covers(rng, not_target(labels, params), None, params)
     both = np.concatenate([poison, covers])
     stamped = stamp_pixels(x[both], layout, rng.integers(0, params.k, both.size))
 

@@ -105,9 +105,7 @@ def adaptive_patch(
 ) -> PoisonedSet:
     """One weak patch per poison/cover; covers keep labels; two full patches at test."""
     patches = make_patches(x.shape[1:], params, pattern_rng(params.pattern_seed, rng))
-    poison, covers = choose_with_covers(
-        rng, not_target(labels, params), np.ones(labels.shape, bool), params
-    )
+    poison, covers = choose_with_covers(rng, not_target(labels, params), None, params)
     both = np.concatenate([poison, covers])
     choice = rng.integers(0, len(patches), both.size)
     stamped = stamp_one_each(x[both], patches, params.alphas, choice)

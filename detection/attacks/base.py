@@ -193,13 +193,16 @@ def choose(
 def choose_with_covers(
     rng: np.random.Generator,
     poison_pool: NDArray[np.bool_],
-    cover_pool: NDArray[np.bool_],
+    cover_pool: NDArray[np.bool_] | None,
     params: AttackParams,
 ) -> tuple[Int64Array, Int64Array]:
-    """Poison indices from ``poison_pool``, then disjoint covers from ``cover_pool``."""
+    """Poison indices from ``poison_pool``, then disjoint covers from ``cover_pool``.
+
+    ``cover_pool`` None lets any non-poison sample become a cover.
+    """
     n = poison_pool.shape[0]
     poison = choose(rng, poison_pool, count_for(params.rate, n))
-    free = cover_pool.copy()
+    free = np.ones(n, dtype=bool) if cover_pool is None else cover_pool.copy()
     free[poison] = False
     covers = choose(rng, free, count_for(params.cover_rate, n), "cover")
     return poison, covers

@@ -83,9 +83,7 @@ def wanet(
 ) -> PoisonedSet:
     """Warp non-target poisons to the target; warp+noise covers keep their labels."""
     grid = warp_grid(x.shape[1], x.shape[2], params, rng)
-    poison, covers = choose_with_covers(
-        rng, not_target(labels, params), np.ones(labels.shape, bool), params
-    )
+    poison, covers = choose_with_covers(rng, not_target(labels, params), None, params)
     cover_grid = noisy_grids(grid, covers.size, params.noise_scale, rng)
 
     def trigger(batch: UInt8Array) -> UInt8Array:

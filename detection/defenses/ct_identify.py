@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from detection.datasets import class_quotas
+
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
@@ -96,16 +98,6 @@ def distill_indices(
     quota = np.floor(topup * counts).astype(np.int64)
     keep |= rank_within_class(losses, labels, n_classes) < quota[labels]
     return np.flatnonzero(keep).astype(np.int64)
-
-
-def class_quotas(counts: IntArray, size: int) -> IntArray:
-    """Split ``size`` over classes in proportion to ``counts`` (largest remainder)."""
-    exact = counts * (size / max(1, int(counts.sum())))
-    quota = np.floor(exact).astype(np.int64)
-    rest = min(size, int(counts.sum())) - int(quota.sum())
-    quota[np.argsort(-(exact - quota), kind="stable")[: max(0, rest)]] += 1
-    out: IntArray = np.minimum(quota, counts)
-    return out
 
 
 def stratified_reserve(

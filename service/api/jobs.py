@@ -10,9 +10,9 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import ValidationError
 
 from detection.registry import DETECTORS, parse_detector_params
+from detection.version import code_version
 from service import repository as repo
 from service.api.deps import QueueDep, SessionDep
-from service.config import code_version
 from service.errors import ProblemError, validation_errors
 from service.models import Dataset, Job
 from service.schemas import JobCreate, JobPage, JobRead

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 from sqlalchemy import text
 
+from detection.metrics import rank_by_score
 from service import repository as repo
 from service.config import Settings
 from service.db import get_sessionmaker, session_scope
@@ -57,7 +58,7 @@ def _rows(settings: Settings, job_id: str) -> list[tuple[int, float, bool, int]]
 
 
 def test_rank_scores_puts_the_most_suspicious_first() -> None:
-    ranks = repo.rank_scores(np.array([0.5, 2.0, -1.0, 2.0]))
+    ranks = rank_by_score(np.array([0.5, 2.0, -1.0, 2.0]))
 
     assert ranks.tolist() == [3, 1, 4, 2]
 
@@ -79,7 +80,7 @@ def test_replace_scores_writes_every_sample_once(
     assert [r[0] for r in rows] == list(range(N))
     np.testing.assert_array_equal([r[1] for r in rows], s[::-1])
     assert [r[2] for r in rows] == f[::-1].tolist()
-    assert [r[3] for r in rows] == repo.rank_scores(s[::-1]).tolist()
+    assert [r[3] for r in rows] == rank_by_score(s[::-1]).tolist()
 
 
 def test_scores_page_through_every_sample_in_rank_order(
