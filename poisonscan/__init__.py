@@ -1,1 +1,1 @@
-"""The ``poisonscan`` command: library commands plus the service's serve/worker/demo."""
+"""The application without a server: the CLI, the bench, the demo (and soon the HTTP client)."""

@@ -12,13 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,62 +22,15 @@ import httpx
 from detection.attacks import plant
 from detection.datasets import load_source, split_reserve
 from detection.readers import write_npz
+from poisonscan.runtime import free_port, migrate, running_api, running_worker
 
 RESERVE_SIZE = 200
 DEMO_PARAMS: dict[str, dict[str, Any]] = {"ct": {"preset": "fast"}}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def embedded_env(data_dir: Path) -> None:
     """Point settings at a fresh demo directory unless the user configured a service."""
     os.environ.setdefault("POISONSCAN_DATA_DIR", str(data_dir))
-
-
-@contextmanager
-def running_api(port: int) -> Iterator[str]:
-    import uvicorn
-
-    from service.main import create_app
-
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the API did not start within 30 s")
-        time.sleep(0.1)
-    try:
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
-@contextmanager
-def running_worker(log_path: Path) -> Iterator[None]:
-    from poisonscan.cli import worker_command
-
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            worker_command("gpu,cpu", 1), env=os.environ.copy(), stdout=log, stderr=log
-        )
-        try:
-            yield
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def make_poisoned_files(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
@@ -166,8 +114,6 @@ def table(jobs: list[dict[str, Any]]) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="poisonscan-demo-"))
     embedded_env(work / "state")
-    from poisonscan.cli import migrate
-
     migrate()
     truth = make_poisoned_files(args, work)
     n_poison = len(truth["poison_indices"])

@@ -8,20 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from detection.attacks import plant
-from detection.bench import markdown_table, plot_results, run_bench, write_records
 from detection.datasets import load_source
 from detection.readers import write_npz
-
-
-def _params(args: argparse.Namespace) -> dict[str, Any]:
-    from detection.cli import parse_param_pairs
-
-    return parse_param_pairs(args.param or [])
+from poisonscan.bench import Runner, local_runner, markdown_table, run_bench, write_records
+from poisonscan.bench.plots import plot_results
+from poisonscan.cli.params import parse_param_pairs
 
 
 def cmd_poison(args: argparse.Namespace) -> int:
     data = load_source(args.dataset, n_samples=args.n_samples, seed=args.seed)
-    params = _params(args)
+    params = parse_param_pairs(args.param or [])
     if args.rate is not None:
         params["rate"] = args.rate
     poisoned = plant(args.attack, data.x, data.labels, data.n_classes, params, seed=args.seed)
@@ -48,15 +44,21 @@ def parse_detectors(spec: str, extra: dict[str, Any]) -> dict[str, dict[str, Any
     return {name: dict(extra.get(name, {})) for name in names}
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from detection.bench import local_runner
-    from detection.bench_api import ApiRunner
+def bench_runner(args: argparse.Namespace) -> Runner:
+    """In this process, or through the API at ``--api`` (imports httpx only then)."""
+    if not args.api:
+        return local_runner(args.device)
+    from poisonscan.bench.api import ApiRunner
 
+    return ApiRunner(args.api)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
     detector_params = json.loads(args.detector_params) if args.detector_params else {}
     detectors = parse_detectors(args.detectors, detector_params)
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [None]
     seeds = [int(s) for s in args.seeds.split(",")]
-    runner = ApiRunner(args.api) if args.api else local_runner(args.device)
+    runner = bench_runner(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -90,7 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_parsers(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     p = sub.add_parser("poison", help="write a poisoned copy of a dataset + ground truth")
     p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, cifar10:PATH, ...")
     p.add_argument("--attack", default="badnet")

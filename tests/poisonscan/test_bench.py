@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detection.bench import build_cases, markdown_table, plot_results, run_bench, write_records
 from detection.registry import UnknownNameError
+from poisonscan.bench import build_cases, markdown_table, run_bench, write_records
+from poisonscan.bench.plots import plot_results
 from poisonscan.cli import main
 
 

@@ -1,10 +1,7 @@
-"""``poisonscan`` console script.
+"""``poisonscan serve``, ``worker``, ``migrate`` and ``demo``: the service's pieces.
 
-``scan``, ``methods``, ``poison`` and ``bench`` come from :mod:`detection.cli`
-and need nothing but the library; ``serve``, ``worker``, ``migrate`` and
-``demo`` start the service pieces, on embedded defaults (SQLite + a broker
-that needs no server) unless ``POISONSCAN_DATABASE_URL`` / ``_BROKER_URL`` say
-otherwise.
+They run on embedded defaults (SQLite + a broker that needs no server) unless
+``POISONSCAN_DATABASE_URL`` / ``_BROKER_URL`` say otherwise.
 """
 
 from __future__ import annotations
@@ -12,37 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
-from collections.abc import Sequence
 from typing import Any
 
-from detection import cli as library_cli
-
-
-def migrate() -> None:
-    """``alembic upgrade head`` against the configured database."""
-    from service.migrate import upgrade_head
-
-    upgrade_head()
-
-
-def worker_command(queues: str, concurrency: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.celery_app",
-        "worker",
-        "-Q",
-        queues,
-        "--concurrency",
-        str(concurrency),
-        "--pool",
-        "solo" if concurrency == 1 else "prefork",
-        "--loglevel",
-        "INFO",
-    ]
+from poisonscan.runtime import migrate, worker_command
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -78,7 +47,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def add_service_parsers(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     s = sub.add_parser("serve", help="run the HTTP API (uvicorn)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
@@ -99,14 +68,3 @@ def add_service_parsers(sub: Any) -> None:
     d.add_argument("--port", type=int, default=0, help="0 picks a free port")
     d.add_argument("--timeout", type=float, default=900.0, help="seconds to wait per job")
     d.set_defaults(func=cmd_demo)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = library_cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    add_service_parsers(sub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return library_cli.run(build_parser(), argv)

@@ -1,4 +1,4 @@
-"""Library commands of the ``poisonscan`` CLI: ``scan`` (and the bench/poison hooks).
+"""``poisonscan scan`` and ``poisonscan methods``: detectors on local files.
 
 These run locally with no database, broker or web server. Parameters go
 through the same registry params model as the API's ``params`` body.
@@ -8,40 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import ValidationError
 
-from detection.cli_bench import add_bench_parsers
 from detection.metrics import evaluate, rank_by_score
-from detection.readers import DatasetFormatError, read_dataset
-from detection.registry import DETECTORS, UnknownNameError, parse_detector_params, run_detector
-from detection.types import DetectionError, DetectionInput, DetectionResult, RunContext
-
-
-def parse_param_pairs(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["a=1", "b.c=[1,2]", "d=text"]`` -> nested dict; values parsed as JSON when possible."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--param expects key=value, got {pair!r}")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
+from detection.readers import read_dataset
+from detection.registry import DETECTORS, parse_detector_params, run_detector
+from detection.types import DetectionInput, DetectionResult, RunContext
+from poisonscan.cli.params import parse_param_pairs
 
 
 def collect_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -161,7 +139,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_scan_parser(sub: Any) -> None:
+def add_parsers(sub: Any) -> None:
     p = sub.add_parser("scan", help="run a detector on a local dataset file")
     p.add_argument("data", help="dataset file: .npz, ImageFolder .zip/.tar, .parquet or .csv")
     p.add_argument("--method", "-m", default="ct", help="detector name (see `poisonscan methods`)")
@@ -179,29 +157,3 @@ def add_scan_parser(sub: Any) -> None:
     m = sub.add_parser("methods", help="list detectors and their params")
     m.add_argument("--verbose", "-v", action="store_true", help="print params JSON schemas")
     m.set_defaults(func=cmd_methods)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="poisonscan", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_scan_parser(sub)
-    add_bench_parsers(sub)
-    return parser
-
-
-USER_ERRORS = (DatasetFormatError, DetectionError, UnknownNameError, ValidationError, ValueError)
-
-
-def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse and dispatch; user errors print one clear line and exit 2."""
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except USER_ERRORS as exc:
-        print(f"poisonscan: error: {exc}", file=sys.stderr)
-        return 2
-    return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), argv)

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from detection.attacks import plant
-from detection.cli import parse_param_pairs
 from detection.datasets import load_source
 from detection.readers import write_npz
 from poisonscan.cli import main
+from poisonscan.cli.params import parse_param_pairs
 
 
 def test_param_pairs_nest_and_parse_json() -> None:
