@@ -42,6 +42,16 @@ class DetectorParams(Params):
         None, description="torch device; default: cuda when available, else cpu."
     )
 
+    def requires_clean_reserve(self) -> bool:
+        """True when these params cannot run without a clean reserve (``clean_x``).
+
+        Callers (the API at ``POST /jobs``, the CLI) refuse such a request before
+        any work. The default reads the shared ``threshold`` rule of
+        :mod:`detection.defenses.common`: ``"clean_fpr"`` needs a reserve. A
+        detector with other needs overrides this on its params model.
+        """
+        return getattr(self, "threshold", None) == "clean_fpr"
+
 
 P = TypeVar("P", bound=Params)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -121,6 +131,11 @@ def get_detector(name: str) -> Entry[DetectFn]:
 def parse_detector_params(name: str, raw: Mapping[str, Any] | None) -> Params:
     """Validate ``raw`` against detector ``name``'s params model."""
     return DETECTORS.get(name).parse(raw)
+
+
+def requires_clean_reserve(params: Params) -> bool:
+    """Whether validated detector ``params`` need a clean reserve to run."""
+    return isinstance(params, DetectorParams) and params.requires_clean_reserve()
 
 
 def run_detector(

@@ -1,11 +1,17 @@
-"""RFC 9457 problem details for every error response."""
+"""Domain errors of the service layer, and RFC 9457 problem details for every error response.
+
+The service layer (``service/jobs.py``, ``datasets.py``, ``scores.py``) raises
+:class:`ServiceError` subclasses (:class:`NotFound`, :class:`Conflict`,
+:class:`InvalidInput`, ...) and knows nothing of HTTP; :func:`install_problem_handlers`
+maps each to its status here, once, for every router (and pages to come).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,16 +46,53 @@ def problem(
     return ProblemResponse(body, status_code=status, headers=headers)
 
 
-class ProblemError(Exception):
-    """Raise from an endpoint to answer with a problem (status, detail, errors)."""
+class ServiceError(Exception):
+    """A request the service refuses; ``status`` is its HTTP status, mapped in one place.
 
-    def __init__(
-        self, status: int, detail: str, errors: list[dict[str, Any]] | None = None
-    ) -> None:
+    ``errors`` are pydantic-style ``{"loc", "msg", "type"}`` entries naming the fields at fault.
+    """
+
+    status: ClassVar[int] = 400
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
-        self.status = status
         self.detail = detail
         self.errors = errors
+
+
+class NotFound(ServiceError):
+    """No dataset / job with that id."""
+
+    status = 404
+
+
+class Conflict(ServiceError):
+    """The resource's state does not allow it (e.g. cancelling a finished job)."""
+
+    status = 409
+
+
+class TooLarge(ServiceError):
+    """An upload above the configured limit."""
+
+    status = 413
+
+
+class InvalidInput(ServiceError):
+    """Well-formed but unacceptable input: bad params, a dataset that does not read, ..."""
+
+    status = 422
+
+
+class Unavailable(ServiceError):
+    """A backing service (the broker) cannot be reached."""
+
+    status = 503
+
+
+def field_error(loc: list[str | int], msg: str, type_: str) -> dict[str, Any]:
+    """One entry of a problem's ``errors`` list."""
+    return {"loc": loc, "msg": msg, "type": type_}
 
 
 def validation_errors(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[Any]:
@@ -71,8 +114,8 @@ async def _http_exception(request: Request, exc: Exception) -> ProblemResponse:
     return problem(exc.status_code, detail, instance=_instance(request), headers=headers)
 
 
-async def _problem_error(request: Request, exc: Exception) -> ProblemResponse:
-    assert isinstance(exc, ProblemError)
+async def _service_error(request: Request, exc: Exception) -> ProblemResponse:
+    assert isinstance(exc, ServiceError)
     return problem(exc.status, exc.detail, instance=_instance(request), errors=exc.errors)
 
 
@@ -89,6 +132,6 @@ async def _unexpected(request: Request, exc: Exception) -> ProblemResponse:
 
 def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_exception)
-    app.add_exception_handler(ProblemError, _problem_error)
+    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(Exception, _unexpected)

@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 
-from detection.readers import DatasetFormatError
 from detection.version import code_version
 from service.api import datasets, health, jobs, methods, scores
 from service.config import Settings, get_settings
@@ -28,15 +27,10 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     app.state.storage = LocalStorage(settings.storage_root, settings.max_upload_bytes)
     app.state.queue = JobQueue(settings, enqueue)
     install_problem_handlers(app)
-    app.add_exception_handler(DatasetFormatError, _dataset_format_error)
     app.middleware("http")(_upload_size_guard(settings.max_upload_bytes + UPLOAD_OVERHEAD))
     for module in (datasets, jobs, scores, methods, health):
         app.include_router(module.router)
     return app
-
-
-async def _dataset_format_error(request: Request, exc: Exception) -> Response:
-    return problem(422, f"invalid dataset: {exc}", instance=request.url.path)
 
 
 CallNext = Callable[[Request], Awaitable[Response]]

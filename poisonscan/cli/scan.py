@@ -17,7 +17,12 @@ from numpy.typing import NDArray
 
 from detection.metrics import evaluate, rank_by_score
 from detection.readers import read_dataset
-from detection.registry import DETECTORS, parse_detector_params, run_detector
+from detection.registry import (
+    DETECTORS,
+    parse_detector_params,
+    requires_clean_reserve,
+    run_detector,
+)
 from detection.types import DetectionInput, DetectionResult, RunContext
 from poisonscan.cli.params import parse_param_pairs
 
@@ -106,7 +111,9 @@ def format_metrics(metrics: dict[str, float | int]) -> str:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     params = collect_params(args)
-    parse_detector_params(args.method, params)  # fail fast, before reading data
+    parsed = parse_detector_params(args.method, params)  # fail fast, before reading data
+    if not args.clean and requires_clean_reserve(parsed):
+        raise ValueError(f"these params of method {args.method!r} need a clean reserve: --clean")
     inp = build_input(args)
     bar = ProgressBar(not args.quiet)
     ctx = RunContext(seed=args.seed, progress=bar)

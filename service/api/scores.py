@@ -1,56 +1,28 @@
-"""``/jobs/{id}/scores``: keyset pages and streamed CSV / Parquet exports."""
+"""``/jobs/{id}/scores``: keyset pages and streamed CSV / Parquet exports.
+
+Pages and cursors come from :mod:`service.scores`; this module shapes the exports.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
-import json
 from collections.abc import Iterator
 from typing import Annotated
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from service import repository as repo
+from service import scores
 from service.api.deps import SessionDep, SettingsDep
-from service.db import session_scope
-from service.errors import ProblemError
-from service.models import JobState
-from service.schemas import ScoreOrder, ScorePage, ScoreRead
+from service.schemas import ScoreOrder, ScorePage
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["scores"])
 OrderQuery = Annotated[ScoreOrder, Query(description="score_desc: rank 1 first; index: by sample")]
-
-
-def encode_cursor(order: ScoreOrder, flagged: bool | None, key: int) -> str:
-    raw = json.dumps({"o": order, "f": flagged, "k": key}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, order: ScoreOrder, flagged: bool | None) -> int:
-    """The key a cursor continues after; it must come from the same query."""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        key = data["k"]
-        same_query = data["o"] == order and data["f"] == flagged
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise ProblemError(422, "invalid cursor") from None
-    if not isinstance(key, int) or not same_query:
-        raise ProblemError(422, "the cursor belongs to a different query (order or flagged)")
-    return key
-
-
-def _succeeded_job_or_error(session: Session, job_id: str) -> None:
-    state = repo.get_job_state(session, job_id)
-    if state is None:
-        raise HTTPException(404, f"job {job_id} not found")
-    if state != JobState.succeeded:
-        raise HTTPException(409, f"job {job_id} is {state}; scores exist once it succeeded")
 
 
 @router.get("/scores", response_model=ScorePage)
@@ -64,17 +36,8 @@ def list_scores(
     flagged: bool | None = None,
 ) -> ScorePage:
     """One page of scores; pass ``next_cursor`` back for the next page."""
-    _succeeded_job_or_error(session, job_id)
     limit = min(limit, settings.max_page_size)
-    after = None if cursor is None else decode_cursor(cursor, order, flagged)
-    rows = repo.page_scores(session, job_id, after, limit + 1, flagged, order)
-    items = [ScoreRead.model_validate(r) for r in rows[:limit]]
-    next_cursor = None
-    if len(rows) > limit:
-        last = items[-1]
-        key = last.rank if order == "score_desc" else last.sample_index
-        next_cursor = encode_cursor(order, flagged, key)
-    return ScorePage(items=items, next_cursor=next_cursor)
+    return scores.list_page(session, job_id, order, cursor, limit, flagged)
 
 
 class _Sink(io.RawIOBase):
@@ -101,13 +64,6 @@ class _Sink(io.RawIOBase):
         return out
 
 
-def _batches(
-    factory: sessionmaker[Session], job_id: str, order: ScoreOrder
-) -> Iterator[pa.RecordBatch]:
-    with session_scope(factory) as session:
-        yield from repo.iter_scores(session, job_id, order)
-
-
 def _csv_chunks(batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
     header = True
     for batch in batches:
@@ -131,8 +87,8 @@ def _parquet_chunks(batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
 def _export(
     request: Request, session: Session, job_id: str, order: ScoreOrder, kind: str
 ) -> StreamingResponse:
-    _succeeded_job_or_error(session, job_id)
-    batches = _batches(request.app.state.sessionmaker, job_id, order)
+    scores.require_succeeded(session, job_id)
+    batches = scores.iter_batches(request.app.state.sessionmaker, job_id, order)
     chunks, media = (
         (_csv_chunks(batches), "text/csv")
         if kind == "csv"

@@ -11,7 +11,14 @@ import torch
 from pydantic import ValidationError
 
 from detection.base_model import BaseModelParams
-from detection.registry import DETECTORS, DetectorParams, UnknownNameError, run_detector
+from detection.registry import (
+    DETECTORS,
+    DetectorParams,
+    UnknownNameError,
+    parse_detector_params,
+    requires_clean_reserve,
+    run_detector,
+)
 from detection.types import DetectionInput, DetectionResult, RunContext
 
 NAMES = DETECTORS.names()
@@ -74,6 +81,13 @@ def test_params_model_contract(name: str) -> None:
     assert schema["type"] == "object" and "budget" in schema["properties"]
     json.dumps(schema)
     assert entry.parse(params.model_dump()) == params
+
+
+@pytest.mark.parametrize(("threshold", "needs"), [("clean_fpr", True), ("auto", False)])
+def test_a_clean_fpr_threshold_requires_a_reserve(threshold: str, needs: bool) -> None:
+    params = parse_detector_params("ss", {"threshold": threshold})
+    assert requires_clean_reserve(params) is needs
+    assert requires_clean_reserve(parse_detector_params("ac", {})) is False
 
 
 @pytest.mark.parametrize("name", NAMES)

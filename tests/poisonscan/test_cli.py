@@ -38,6 +38,14 @@ def test_bad_params_are_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "budget" in capsys.readouterr().err
 
 
+def test_params_that_need_a_reserve_fail_before_reading_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "not-read.npz")
+    assert main(["scan", missing, "-m", "ss", "-p", "threshold=clean_fpr"]) == 2
+    assert "need a clean reserve" in capsys.readouterr().err
+
+
 def test_corrupt_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"PK\x03\x04 not really a zip")

@@ -110,6 +110,24 @@ def test_clean_dataset_must_match(client: TestClient, dataset_id: str, tmp_path:
     assert good.json()["clean_dataset_id"] == same_layout["id"]
 
 
+def test_params_that_need_a_clean_reserve_are_refused_without_one(
+    client: TestClient, dataset_id: str, tmp_path: Path, queue_size: QueueSize
+) -> None:
+    clean = upload(client, npz_bytes(*tiny_images(n=30, seed=9), tmp_path)).json()["id"]
+
+    refused = post_job(client, dataset_id, params={"threshold": "clean_fpr"})
+    accepted = post_job(
+        client, dataset_id, params={"threshold": "clean_fpr"}, clean_dataset_id=clean
+    )
+
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == PROBLEM
+    assert refused.json()["errors"][0]["loc"] == ["body", "clean_dataset_id"]
+    assert accepted.status_code == 202, accepted.text
+    assert client.get("/jobs").json()["total"] == 1
+    assert queue_size("gpu") == 1
+
+
 def test_list_jobs_filters_and_pages(client: TestClient, dataset_id: str, tmp_path: Path) -> None:
     other = upload(client, npz_bytes(*tiny_images(seed=5), tmp_path)).json()["id"]
     ids = [post_job(client, dataset_id, seed=s).json()["id"] for s in range(3)]

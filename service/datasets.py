@@ -1,0 +1,115 @@
+"""Datasets: content-addressed files validated by ``detection.readers``, one row each.
+
+Service vocabulary: :func:`get`, :func:`list_page`, :func:`create`. Functions
+take the session first, raise :mod:`service.errors` domain errors and never
+speak HTTP; the request boundary commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from detection.readers import DatasetFormatError, LoadedDataset, read_dataset
+from service import repository as repo
+from service.errors import Conflict, InvalidInput, NotFound, TooLarge
+from service.models import Dataset
+from service.storage import LocalStorage, StagedFile, UploadTooLarge
+
+
+@dataclass(frozen=True)
+class Created:
+    """The stored dataset; ``created`` is False when the same bytes were stored before."""
+
+    dataset: Dataset
+    created: bool
+
+
+def get(session: Session, dataset_id: str) -> Dataset:
+    dataset = repo.get_dataset(session, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return dataset
+
+
+def list_page(session: Session, limit: int, offset: int) -> tuple[Sequence[Dataset], int]:
+    """Newest first: one page of datasets and the total count."""
+    return repo.list_datasets(session, limit, offset)
+
+
+def upload_suffix(filename: str | None) -> str:
+    """The suffix the readers use to pick a format (``.tar.gz`` kept whole)."""
+    suffixes = Path(filename or "").suffixes[-2:]
+    if len(suffixes) == 2 and suffixes[0].lower() != ".tar":
+        suffixes = suffixes[-1:]
+    return "".join(suffixes).lower()
+
+
+def create(
+    session: Session,
+    storage: LocalStorage,
+    source: BinaryIO,
+    filename: str | None = None,
+    name: str | None = None,
+) -> Created:
+    """Store ``source`` under its sha256 after validating it; the same bytes return the first."""
+    staged = _stage(storage, source, filename)
+    existing = repo.get_dataset_by_sha256(session, staged.sha256)
+    if existing is not None:
+        storage.discard(staged)
+        return Created(existing, created=False)
+    loaded = _validate(storage, staged)
+    uri = storage.commit(staged, loaded.format)
+    fields = _dataset_fields(name or filename or staged.sha256[:12], staged, loaded, uri)
+    try:
+        with session.begin_nested():
+            return Created(repo.create_dataset(session, **fields), created=True)
+    except IntegrityError:
+        # A concurrent upload of the same bytes won; its row owns the same file.
+        return Created(_existing_or_conflict(session, staged.sha256), created=False)
+
+
+def _stage(storage: LocalStorage, source: BinaryIO, filename: str | None) -> StagedFile:
+    try:
+        return storage.stage(source, suffix=upload_suffix(filename))
+    except UploadTooLarge as exc:
+        raise TooLarge(str(exc)) from None
+
+
+def _validate(storage: LocalStorage, staged: StagedFile) -> LoadedDataset:
+    try:
+        return read_dataset(staged.path)
+    except DatasetFormatError as exc:
+        storage.discard(staged)
+        raise InvalidInput(f"invalid dataset: {exc}") from None
+    except BaseException:
+        storage.discard(staged)
+        raise
+
+
+def _dataset_fields(
+    name: str, staged: StagedFile, loaded: LoadedDataset, uri: str
+) -> dict[str, object]:
+    return {
+        "name": name,
+        "format": loaded.format,
+        "sha256": staged.sha256,
+        "size_bytes": staged.size_bytes,
+        "n_samples": loaded.n_samples,
+        "sample_shape": [int(d) for d in loaded.sample_shape],
+        "n_classes": int(loaded.n_classes),
+        "class_counts": [int(c) for c in loaded.class_counts()],
+        "storage_uri": uri,
+    }
+
+
+def _existing_or_conflict(session: Session, sha256: str) -> Dataset:
+    dataset = repo.get_dataset_by_sha256(session, sha256)
+    if dataset is None:
+        raise Conflict("dataset could not be stored; retry")
+    return dataset

@@ -1,0 +1,152 @@
+"""Jobs: validation against the registry, commit-then-enqueue, cancellation.
+
+Service vocabulary: :func:`get`, :func:`list_page`, :func:`create`,
+:func:`cancel`. Functions take the session first, raise :mod:`service.errors`
+domain errors and never speak HTTP. :func:`create` commits itself, because
+the job row must exist before its message can reach a worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from detection.registry import DETECTORS, Params, parse_detector_params, requires_clean_reserve
+from detection.version import code_version
+from service import datasets
+from service import repository as repo
+from service.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+    field_error,
+    validation_errors,
+)
+from service.models import Dataset, Job
+from service.queue import JobQueue
+from service.schemas import JobCreate
+
+log = logging.getLogger(__name__)
+
+
+def get(session: Session, job_id: str, for_update: bool = False) -> Job:
+    job = repo.get_job(session, job_id, for_update=for_update)
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_page(
+    session: Session, filters: repo.JobFilters, limit: int, offset: int
+) -> tuple[Sequence[Job], int]:
+    """Newest first: one page of the jobs that match ``filters`` and their total count."""
+    return repo.list_jobs(session, filters, limit, offset)
+
+
+def create(session: Session, queue: JobQueue, body: JobCreate) -> Job:
+    """Validate, store (state ``queued``), commit, then enqueue.
+
+    Raises :class:`InvalidInput` for an unknown method, bad params, params that
+    need a clean reserve without one, a mismatched clean dataset or bad ground
+    truth; :class:`NotFound` for a missing dataset; :class:`Unavailable` when the
+    queue is down (the stored job is then marked failed).
+    """
+    params = validate_params(body.method, body.params)
+    dataset = datasets.get(session, body.dataset_id)
+    clean = None if body.clean_dataset_id is None else datasets.get(session, body.clean_dataset_id)
+    check_inputs(body.method, params, dataset, clean)
+    job = repo.create_job(
+        session,
+        dataset_id=dataset.id,
+        clean_dataset_id=body.clean_dataset_id,
+        method=body.method,
+        params=params.model_dump(mode="json"),
+        seed=body.seed,
+        ground_truth=ground_truth(body, dataset.n_samples),
+        code_version=code_version(),
+    )
+    session.commit()
+    _enqueue_or_fail(session, queue, job)
+    return job
+
+
+def cancel(session: Session, job_id: str) -> Job:
+    """queued -> cancelled; running -> cancelling; cancelled/cancelling unchanged.
+
+    Raises :class:`Conflict` for a job that already succeeded or failed.
+    """
+    job = get(session, job_id, for_update=True)
+    try:
+        return repo.request_cancel(session, job)
+    except repo.InvalidTransition as exc:
+        raise Conflict(str(exc)) from None
+
+
+def validate_params(method: str, params: dict[str, Any]) -> Params:
+    """The method's validated params model (defaults filled), or :class:`InvalidInput`."""
+    if method not in DETECTORS:
+        err = field_error(["body", "method"], f"unknown method {method!r}", "enum")
+        err["ctx"] = {"expected": DETECTORS.names()}
+        raise InvalidInput(f"unknown method {method!r}", [err])
+    try:
+        return parse_detector_params(method, params)
+    except ValidationError as exc:
+        errors = validation_errors(exc, ("body", "params"))
+        raise InvalidInput(f"invalid params for method {method!r}", errors) from None
+
+
+def check_inputs(method: str, params: Params, dataset: Dataset, clean: Dataset | None) -> None:
+    """Refuse inputs the params cannot run with, before anything is stored."""
+    if clean is None and requires_clean_reserve(params):
+        msg = f"these params of method {method!r} need a clean reserve: give clean_dataset_id"
+        raise InvalidInput(msg, [field_error(["body", "clean_dataset_id"], msg, "missing")])
+    if clean is not None and (
+        clean.sample_shape != dataset.sample_shape or clean.n_classes != dataset.n_classes
+    ):
+        raise InvalidInput(
+            "the clean dataset must have the same sample shape and number of classes: "
+            f"{clean.sample_shape}/{clean.n_classes} vs {dataset.sample_shape}/{dataset.n_classes}"
+        )
+
+
+def _check_indices(name: str, indices: list[int] | None, n_samples: int) -> list[int] | None:
+    if indices is None:
+        return None
+    arr = np.asarray(indices, dtype=np.int64)
+    loc: list[str | int] = ["body", f"ground_truth_{name}_indices"]
+    if arr.size and (arr.min() < 0 or arr.max() >= n_samples):
+        msg = f"indices must lie in [0, {n_samples})"
+        raise InvalidInput(msg, [field_error(loc, msg, "out_of_range")])
+    if np.unique(arr).size != arr.size:
+        msg = "indices must be unique"
+        raise InvalidInput(msg, [field_error(loc, msg, "duplicate")])
+    return sorted(indices)
+
+
+def ground_truth(body: JobCreate, n_samples: int) -> dict[str, Any] | None:
+    """The job's stored ground truth (sorted indices), or :class:`InvalidInput`."""
+    poison = _check_indices("poison", body.ground_truth_poison_indices, n_samples)
+    cover = _check_indices("cover", body.ground_truth_cover_indices, n_samples)
+    if poison is None:
+        if cover is not None:
+            raise InvalidInput("cover indices need poison indices")
+        return None
+    if cover and np.intersect1d(poison, cover).size:
+        raise InvalidInput("poison and cover indices must be disjoint")
+    return {"poison_indices": poison, "cover_indices": cover or []}
+
+
+def _enqueue_or_fail(session: Session, queue: JobQueue, job: Job) -> None:
+    try:
+        queue.enqueue(job.id)
+    except Exception as exc:
+        log.exception("could not enqueue job %s", job.id)
+        repo.mark_job_failed(session, job.id, f"could not enqueue: {type(exc).__name__}")
+        session.commit()
+        raise Unavailable("the job queue is unavailable; the job was marked failed") from None
