@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from detection.readers import (
+    FORMATS,
     DatasetFormatError,
     ReaderLimits,
     read_dataset,
@@ -392,3 +393,22 @@ def test_pickles_bare_npy_and_unknown_are_refused(tmp_path: Path) -> None:
         read_dataset(tmp_path / "x.weird", "hdf5")
     with pytest.raises(DatasetFormatError, match="not found"):
         read_dataset(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("name", FORMATS.names())
+def test_format_registry_contract(name: str) -> None:
+    fmt = FORMATS.get(name)
+    assert fmt.name == name and fmt.description and fmt.suffixes
+    for suffix in fmt.suffixes:
+        assert FORMATS.by_suffix(suffix) == name
+    with pytest.raises(ValueError, match="already registered"):
+        FORMATS.register(name, suffixes=fmt.suffixes)(fmt.read)
+    assert FORMATS.get(name) is fmt
+
+
+def test_unknown_format_name_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    write_npz(path, np.zeros((4, 2)), np.array([0, 1, 0, 1]))
+    assert set(FORMATS) == {"npz", "zip", "tar", "parquet", "csv"}
+    with pytest.raises(DatasetFormatError, match="unknown format 'hdf5'; expected one of csv"):
+        read_dataset(path, "hdf5")
