@@ -1,4 +1,4 @@
-# One image for the API, the worker and migrations.
+# One image for the API, the worker, migrations and the CLI.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,9 +19,8 @@ COPY detection ./detection
 COPY service ./service
 COPY worker ./worker
 COPY poisonscan ./poisonscan
-RUN pip install .
-COPY alembic.ini ./
-COPY migrations ./migrations
+# The migrations ship inside the package (service/migrations): `poisonscan migrate`.
+RUN pip install ".[service,worker,cli]"
 
 USER poisonscan
 EXPOSE 8000

@@ -1,4 +1,10 @@
-"""Programmatic ``alembic upgrade head`` (used by ``poisonscan migrate/serve/demo``)."""
+"""Programmatic ``alembic upgrade head`` (used by ``poisonscan migrate/serve/demo``).
+
+The Alembic environment and versions ship inside this package
+(``service/migrations``), so an installed wheel or image migrates without
+the source checkout; the root ``alembic.ini`` points at the same directory for
+developers who run ``alembic`` by hand.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +15,13 @@ from alembic.config import Config
 
 from service.config import get_settings
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def migrations_root() -> Path:
-    """The source checkout, else the working directory (an installed image's /app)."""
-    return REPO_ROOT if (REPO_ROOT / "alembic.ini").exists() else Path.cwd()
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(database_url: str) -> Config:
-    """An Alembic config for ``database_url`` using the repository's migrations."""
-    root = migrations_root()
-    cfg = Config(str(root / "alembic.ini"))
-    cfg.set_main_option("script_location", str(root / "migrations"))
+    """An Alembic config for ``database_url`` using the packaged migrations."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
     cfg.attributes["configure_logger"] = False
     return cfg
