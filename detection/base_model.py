@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from detection.models import Classifier, build_model
+from detection.models import Classifier, build_model, prepare_model
 from detection.registry import Params
 from detection.training import (
     OptimConfig,
@@ -26,7 +26,7 @@ from detection.training import (
 )
 from detection.types import DetectionInput, RunContext
 
-Arch = Literal["auto", "resnet18", "small_cnn", "mlp"]
+Arch = Literal["auto", "resnet18", "small_cnn", "convnet", "mlp"]
 
 
 class BaseModelParams(Params):
@@ -79,8 +79,7 @@ def fit_base_model(
     seed_everything(ctx.seed)
     data, clean = load_data(inp, dev)
     arch = pick_arch(params.arch, inp)
-    model = build_model(arch, data.input_shape, inp.n_classes, params.width).to(dev)
-    if dev.type == "cuda" and data.is_image:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(arch, data.input_shape, inp.n_classes, params.width)
+    model = prepare_model(model, dev, data.is_image)
     train_classifier(model, data, params.train_config(), ctx, stage="base_model")
     return FittedModel(model, data, clean, dev)

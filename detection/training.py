@@ -3,7 +3,8 @@
 Data lives as one tensor on the device (uint8 NCHW for images, float32 N×D for
 features); batches are gathered by index and augmented on the device (random
 crop with padding + horizontal flip), so there is no DataLoader, no PIL and no
-per-sample Python. On CUDA, steps run under bf16 autocast with channels_last.
+per-sample Python. Image batches are channels-last (faster on CPU and CUDA); on
+CUDA, steps run under bf16 autocast.
 
 :func:`train_steps` is the only place in the code base that calls
 ``optimizer.step()``. Variants (plain classification, CT's confusion batches,
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from detection.types import RunContext
 
 LossFn = Callable[[int], Tensor]
+StepCallback = Callable[[int], bool]
 Schedule = Literal["constant", "cosine", "onecycle"]
 OptimizerName = Literal["sgd", "adam"]
 
@@ -105,7 +107,7 @@ class TensorData:
 def normalise(xb: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     if xb.dim() == 4:
         out = (xb - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        return out.contiguous(memory_format=torch.channels_last) if xb.is_cuda else out
+        return out.contiguous(memory_format=torch.channels_last)
     return (xb - mean) / std
 
 
@@ -205,11 +207,14 @@ def train_steps(
     ctx: RunContext,
     stage: str = "train",
     check_every: int = 100,
+    on_step: StepCallback | None = None,
 ) -> list[float]:
-    """Run ``n_steps`` optimiser steps on ``loss_fn(step)``; the one training loop.
+    """Run up to ``n_steps`` optimiser steps on ``loss_fn(step)``; the one training loop.
 
     Reports ``(stage, fraction)`` progress and polls cancellation every
-    ``check_every`` steps. Returns the loss every ``check_every`` steps.
+    ``check_every`` steps. ``on_step(step)`` runs after every optimiser step
+    (weight averaging, convergence monitors) and ends training early by
+    returning True. Returns the loss every ``check_every`` steps.
     """
     device = next(model.parameters()).device
     opt = _optimizer(model, optim)
@@ -223,10 +228,13 @@ def train_steps(
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
         sched.step()
-        if (step + 1) % check_every == 0 or step + 1 == n_steps:
+        stop = on_step is not None and on_step(step)
+        if (step + 1) % check_every == 0 or step + 1 == n_steps or stop:
             history.append(float(loss.detach()))
             ctx.report(stage, (step + 1) / max(1, n_steps))
             ctx.check_cancel()
+        if stop:
+            break
     model.eval()
     return history
 

@@ -9,7 +9,7 @@ used only for evaluation), ``clean_reserve`` (a small trusted set).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
+TraceFn = Callable[[str, dict[str, Any]], None]
 
 
 class DetectionError(ValueError):
@@ -34,6 +35,10 @@ def _noop_progress(stage: str, fraction: float) -> None:
 
 def _never_cancel() -> bool:
     return False
+
+
+def _no_trace(event: str, payload: dict[str, Any]) -> None:
+    del event, payload
 
 
 @dataclass(frozen=True)
@@ -203,6 +208,9 @@ class RunContext:
     ``progress(stage, fraction)`` reports the current stage and overall
     progress in [0, 1]; ``should_cancel()`` is polled between stages and every
     few hundred training steps; ``scratch_dir`` holds checkpoints.
+    ``trace(event, payload)`` receives a detector's internal evidence (e.g. CT's
+    per-round distilled set) for benchmarks and debugging; the payload may hold
+    arrays and is never needed for the result.
     """
 
     device: str = "auto"
@@ -210,6 +218,7 @@ class RunContext:
     progress: ProgressFn = _noop_progress
     should_cancel: CancelFn = _never_cancel
     scratch_dir: Path | None = None
+    trace: TraceFn = _no_trace
 
     def report(self, stage: str, fraction: float) -> None:
         self.progress(stage, float(min(max(fraction, 0.0), 1.0)))
@@ -225,4 +234,4 @@ class RunContext:
             label = f"{prefix}{stage}" if prefix else stage
             self.report(label, start + (end - start) * fraction)
 
-        return RunContext(self.device, self.seed, progress, self.should_cancel, self.scratch_dir)
+        return replace(self, progress=progress)

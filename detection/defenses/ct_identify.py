@@ -70,9 +70,15 @@ def rank_within_class(values: FloatArray, labels: IntArray, n_classes: int) -> I
 
 
 def distill_indices(
-    losses: FloatArray, labels: IntArray, n_classes: int, ratio: float, topup: float
+    losses: FloatArray,
+    labels: IntArray,
+    n_classes: int,
+    ratio: float,
+    topup: float,
+    min_keep: int = 0,
 ) -> IntArray:
-    """Keep the ``floor(ratio·N)`` (at least one) lowest-loss samples plus per-class top-ups.
+    """Keep the ``max(floor(ratio·N), min_keep)`` (at least one) lowest-loss samples
+    plus per-class top-ups.
 
     Each class ``c`` then holds at least ``floor(topup · n_c)`` samples: its
     lowest-loss ones are added when the global cut left it short.
@@ -83,6 +89,9 @@ def distill_indices(
         Per-sample cross-entropy of the confused model w.r.t. the given labels.
     labels : ndarray of int, shape (N,)
     ratio, topup : float
+    min_keep : int
+        A floor on the global cut (guarded distillation keeps room for every
+        suspected poison).
 
     Returns
     -------
@@ -91,7 +100,7 @@ def distill_indices(
     """
     n = losses.size
     keep = np.zeros(n, dtype=bool)
-    n_keep = min(n, max(1, int(np.floor(ratio * n))))  # a round never trains on nothing
+    n_keep = min(n, max(1, int(np.floor(ratio * n)), min_keep))  # never train on nothing
     if n_keep > 0:
         keep[np.argsort(losses, kind="stable")[:n_keep]] = True
     counts = np.bincount(labels, minlength=n_classes)[:n_classes]
@@ -106,29 +115,32 @@ def stratified_reserve(
     size: int,
     n_classes: int,
     rng: np.random.Generator,
-    band: float = 0.2,
+    band: tuple[float, float] = (0.4, 0.6),
 ) -> tuple[IntArray, int]:
-    """Class-stratified random reserve from the middle of each class's loss distribution.
+    """Class-stratified random reserve from a band of each class's loss distribution.
 
     Each class gets a share of ``size`` proportional to its count, drawn at
     random from its samples whose loss quantile *within the class* lies in
-    the central band ``[0.5 - band/2, 0.5 + band/2]``. Poisons sit in the tails
-    of a short probe training's loss: the lowest once the trigger is learned
-    (the paper's "poisons are learned first"), the highest before that, since
-    they look like another class. A global lowest-loss cut would also strip
-    whole "easy" classes of their typical samples. When a band is smaller than
-    its class's share, the samples nearest the class median fill it.
+    ``band``. Where poisons sit depends on the model the losses come from:
+    after a short probe they are in the tails (the lowest once the trigger is
+    learned — the paper's "poisons are learned first" — the highest before
+    that), so the central band avoids them; after a model fitted to the whole
+    set they are fitted later than most clean samples and sit above the
+    median, so a band below it avoids them. A global lowest-loss cut would
+    also strip whole "easy" classes of their typical samples. When a band is
+    smaller than its class's share, the samples nearest the band fill it.
 
     Returns
     -------
     (indices, n_outside_band) : (ndarray of int64, int)
         Sorted reserve indices and how many lie outside the band.
     """
+    lo, hi = band
     counts = np.bincount(labels, minlength=n_classes)[:n_classes]
     quantile = (rank_within_class(losses, labels, n_classes) + 0.5) / np.maximum(counts, 1)[labels]
-    off_centre = np.abs(quantile - 0.5)
-    in_band = off_centre <= band / 2
-    key = np.where(in_band, rng.random(labels.size), 1.0 + off_centre)
+    distance = np.maximum(lo - quantile, quantile - hi).clip(min=0.0)
+    in_band = distance == 0.0
+    key = np.where(in_band, rng.random(labels.size), 1.0 + distance)
     quota = class_quotas(counts, size)
     chosen = rank_within_class(key, labels, n_classes) < quota[labels]
     return np.flatnonzero(chosen).astype(np.int64), int((chosen & ~in_band).sum())

@@ -33,8 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse and dispatch; user errors print one clear line and exit 2."""
-    args = parser.parse_args(argv)
+    """Parse and dispatch; user errors print one clear line and exit 2.
+
+    A command that sets ``passthrough_options`` (a script with its own
+    parser, e.g. ``bench-ct``) receives the options it did not declare.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "passthrough_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.passthrough = extra
     try:
         code: int = args.func(args)
     except USER_ERRORS as exc:

@@ -92,6 +92,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_ct(args: argparse.Namespace) -> int:
+    from poisonscan.bench import ct
+
+    ct.main(args.passthrough)
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("poison", help="write a poisoned copy of a dataset + ground truth")
     p.add_argument("--dataset", default="digits", help="digits, fashion-mnist, cifar10:PATH, ...")
@@ -117,3 +124,9 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("--out", default="bench/out", help="directory for table, records, plots")
     b.add_argument("--no-plots", action="store_true")
     b.set_defaults(func=cmd_bench)
+    c = sub.add_parser(
+        "bench-ct",
+        help="Confusion Training on real data: recall/FPR/AUROC per run, --trace per round",
+        add_help=False,
+    )
+    c.set_defaults(func=cmd_bench_ct, passthrough_options=True)

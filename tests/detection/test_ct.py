@@ -34,6 +34,7 @@ TINY: dict[str, Any] = {
     "batch_size": 32,
     "pretrain_epochs": [1.0] * 6,
     "confusion_iters": [8] * 6,
+    "confusion_passes": None,
     "base_epochs": 1.0,
     "reserve_probe_epochs": 1.0,
     "device": "cpu",
@@ -146,12 +147,12 @@ def test_stratified_reserve_draws_from_the_loss_band_with_class_shares() -> None
     losses = np.random.default_rng(1).uniform(1.0, 2.0, size=1000)
     losses[:60] = 0.01  # learned "poisons": lowest tail of class 0
     losses[60:120] = 9.0  # not yet learned "poisons": highest tail of class 0
-    idx, n_outside = stratified_reserve(labels, losses, 100, 3, np.random.default_rng(0), 0.5)
+    idx, n_outside = stratified_reserve(labels, losses, 100, 3, np.random.default_rng(0), (0.25, 0.75))
     assert np.unique(idx).size == idx.size == 100 and n_outside == 0
     assert not np.isin(np.arange(120), idx).any()
     assert np.array_equal(np.bincount(labels[idx], minlength=3), [60, 30, 10])
     # A band narrower than the share: the samples nearest the class median fill it.
-    idx, n_outside = stratified_reserve(labels, losses, 500, 3, np.random.default_rng(0), 0.1)
+    idx, n_outside = stratified_reserve(labels, losses, 500, 3, np.random.default_rng(0), (0.45, 0.55))
     assert n_outside > 0 and not np.isin(np.arange(120), idx).any()
 
 
@@ -241,16 +242,18 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(
         detect(inp, params, ctx)
     (path,) = tmp_path.glob("ct_*.pt")
     saved = torch.load(path, weights_only=True)  # plain tensors, dicts and lists only
-    assert saved["stage"] == "round_2" and saved["rounds"]["next_round"] == 3
-    assert saved["rounds"]["sizes"] == full.info["distilled_sizes"][:3]
-    assert saved["rounds"]["distilled"].numel() == saved["rounds"]["sizes"][-1]
-    assert set(saved["base_state"]) == set(saved["rounds"]["pretrained"])
+    rounds = saved["rounds"]
+    assert rounds["next_round"] == 3 and len(rounds["evidence"]) == 3
+    kept = [rec["kept"] for rec in rounds["records"]]
+    assert kept == full.info["distilled_sizes"][:3]
+    assert rounds["distilled"].numel() == kept[-1]
+    assert saved["head"]["canaries"].numel() == 30  # 30% of the 100-sample reserve
     stages.clear()
     resumed = detect(
         inp, params, RunContext(device="cpu", seed=3, progress=ctx.progress, scratch_dir=tmp_path)
     )
     assert resumed.info["resumed_from"] == "round_2"
-    assert not any(s == "base_model" or s.startswith(("round 1/6", "round 3/6")) for s in stages)
+    assert not any(s.startswith(("round 1/6", "round 3/6")) for s in stages)
     assert any(s.startswith("round 4/6") for s in stages) and stages[-1] == "done"
     assert resumed.info["distilled_sizes"] == full.info["distilled_sizes"]
     np.testing.assert_allclose(resumed.scores, full.scores, rtol=1e-5, atol=1e-6)

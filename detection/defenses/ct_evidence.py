@@ -1,0 +1,226 @@
+"""Confusion Training evidence across rounds: checks, dense score and flags.
+
+Each round's confused model says which samples it still fits. The paper uses
+only the last model; a short schedule's last model can be noisy, so these
+functions keep the evidence of every round:
+
+- :func:`fit_evidence` — each sample's fit percentile under a round's model;
+- :func:`round_check` — the inference-only likelihood-ratio check run after
+  every round (leading class, its ratio, the suspected poison count), used to
+  guard distillation and to tell a collapse;
+- :func:`rounds_score` — the dense score from all rounds;
+- :func:`canary_flags` — flags calibrated on known-clean canaries at a target
+  FPR, restricted to classes with a significant excess.
+
+Reference: X. Qi et al., "Towards A Proactive ML Approach for Detecting
+Backdoor Poison Samples", USENIX Security 2023.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import stats
+
+from detection.defenses.ct_identify import LikelihoodRatios, likelihood_ratio_test
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+BoolArray = NDArray[np.bool_]
+
+CLASS_ALPHA = 1e-3  # family-wise level of the per-class excess test
+FPR_CONFIDENCE = 0.95  # one-sided level of the reported FPR bound
+
+
+def fit_evidence(losses: FloatArray) -> FloatArray:
+    """Fit percentile of every sample under one model: 1 = lowest loss, ~0 = highest.
+
+    Parameters
+    ----------
+    losses : ndarray, shape (n,)
+        Cross-entropy of each sample's given label.
+    """
+    n = losses.size
+    ranks = stats.rankdata(losses, method="average")
+    out: FloatArray = 1.0 - (ranks - 1.0) / max(1, n)
+    return out
+
+
+@dataclass(frozen=True)
+class RoundCheck:
+    """What a round's confused model says without ground truth."""
+
+    leading_class: int
+    leading_log_ratio: float
+    flagged_classes: list[int]
+    suspected_count: int
+    isolated_per_class: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "leading_class": self.leading_class,
+            "leading_ratio": float(np.exp(self.leading_log_ratio)),
+            "flagged_classes": list(self.flagged_classes),
+            "suspected_count": self.suspected_count,
+        }
+
+
+CONFIDENT_LOSS = float(np.log(2.0))  # P(given label) > 1/2: fitted despite the confusion
+
+
+def round_check(
+    test: LikelihoodRatios, labels: IntArray, losses: FloatArray, n_classes: int
+) -> RoundCheck:
+    """Summarise one round's likelihood-ratio test (see :func:`likelihood_ratio_test`).
+
+    The suspected poison count is the flagged classes' isolated samples that
+    the confused model still gives more than even odds: mid-schedule models
+    still fit some clean samples, with far less confidence.
+    """
+    lead = int(np.argmax(test.log_ratios))
+    isolated = np.bincount(labels[test.isolated], minlength=n_classes)[:n_classes]
+    return RoundCheck(
+        leading_class=lead,
+        leading_log_ratio=float(test.log_ratios[lead]),
+        flagged_classes=list(test.flagged_classes),
+        suspected_count=int((test.flags & (losses < CONFIDENT_LOSS)).sum()),
+        isolated_per_class=[int(v) for v in isolated],
+    )
+
+
+def run_round_check(
+    features: FloatArray,
+    labels: IntArray,
+    preds: IntArray,
+    losses: FloatArray,
+    n_classes: int,
+    thresholds: tuple[float, float, float],
+) -> RoundCheck:
+    """The per-round check: the paper's test on a round's confused model."""
+    threshold, max_class_threshold, eps = thresholds
+    test = likelihood_ratio_test(
+        features, labels, preds, n_classes, threshold, max_class_threshold, eps
+    )
+    return round_check(test, labels, losses, n_classes)
+
+
+def collapsed(previous: RoundCheck | None, current: RoundCheck, log_drop: float) -> bool:
+    """Did a flagged class lose its evidence: the leading ratio fell by more than
+    ``exp(log_drop)`` and none of the previously flagged classes is flagged now?
+
+    A fall from an unremarkable ratio is noise, and a ratio that falls from
+    1e11 to 1e4 while the class stays flagged is a backdoor still in place.
+    """
+    if previous is None or not previous.flagged_classes:
+        return False
+    fell = current.leading_log_ratio < previous.leading_log_ratio - log_drop
+    kept = set(previous.flagged_classes) & set(current.flagged_classes)
+    return fell and not kept
+
+
+def distill_floor(check: RoundCheck, factor: float | None, current_size: int) -> int:
+    """Places the next distilled set must keep: ``factor`` x the suspected poisons."""
+    if factor is None or not check.flagged_classes:
+        return 0
+    return min(current_size, int(np.ceil(factor * check.suspected_count)))
+
+
+@dataclass
+class Evidence:
+    """Per-round fit percentiles of every sample of the working set."""
+
+    rounds: list[FloatArray] = field(default_factory=list)
+
+    def add(self, losses: FloatArray) -> None:
+        self.rounds.append(fit_evidence(losses))
+
+
+def rounds_score(evidence: Evidence, first: int = 1) -> FloatArray:
+    """Dense score in [0, 1]: the mean fit percentile from round ``first`` on.
+
+    Round 0's confusion is the mildest (its model still fits most clean
+    samples), so by default it does not vote. Poisons stay fitted through
+    every round; a clean sample may survive one round's confusion by chance
+    but rarely all of them.
+    """
+    votes = evidence.rounds[first:] or evidence.rounds
+    out: FloatArray = np.mean(np.stack(votes), axis=0)
+    return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Flags from :func:`canary_flags` and what they rest on."""
+
+    flags: BoolArray
+    threshold: float
+    classes: list[int]
+    info: dict[str, Any]
+
+
+def canary_flags(
+    scores: FloatArray,
+    labels: IntArray,
+    canaries: IntArray,
+    n_classes: int,
+    target_fpr: float,
+    lr_classes: list[int] | None = None,
+) -> Calibration:
+    """Flag scores above the canaries' ``1 - target_fpr`` quantile, in suspected classes.
+
+    Parameters
+    ----------
+    scores : ndarray, shape (n,)
+        Dense scores of the working set (higher = more suspicious).
+    labels : ndarray of int, shape (n,)
+    canaries : ndarray of int
+        Indices of known-clean samples that went through the run like any
+        other sample: their scores are draws from the clean score law.
+    target_fpr : float
+    lr_classes : list of int, optional
+        Classes the paper's likelihood-ratio test flags.
+
+    The suspected classes are ``lr_classes`` plus the one class whose count
+    above the threshold is most improbable under the canaries' exceedance
+    rate (one-sided binomial test at :data:`CLASS_ALPHA` / C). One class, not
+    every significant one: benign classes differ in how well they resist
+    confusion, so a second class's excess is usually a heavy clean tail, and
+    a real second target is what the likelihood-ratio test is for.
+    """
+    canary_scores = scores[canaries]
+    threshold = float(np.quantile(canary_scores, 1.0 - target_fpr, method="higher"))
+    above = scores > threshold
+    is_canary = np.zeros(scores.size, dtype=bool)
+    is_canary[canaries] = True
+    k_canary = int(above[canaries].sum())
+    rate = (k_canary + 1) / (canaries.size + 1)
+    inspected = ~is_canary
+    n_c = np.bincount(labels[inspected], minlength=n_classes)[:n_classes]
+    k_c = np.bincount(labels[inspected & above], minlength=n_classes)[:n_classes]
+    p_values = stats.binom.sf(k_c - 1, n_c, rate)
+    classes = set(lr_classes or [])
+    top = int(np.argmin(p_values))
+    if p_values[top] < CLASS_ALPHA / n_classes and k_c[top] > 0:
+        classes.add(top)
+    flags = above & np.isin(labels, sorted(classes))
+    info = {
+        "threshold": threshold,
+        "target_fpr": target_fpr,
+        "canaries": int(canaries.size),
+        "canaries_above": k_canary,
+        "fpr_upper_bound": _fpr_bound(k_canary, int(canaries.size)),
+        "class_p_values": [float(p) for p in p_values],
+        "excess_class": top if top in classes else None,
+        "likelihood_ratio_classes": sorted(lr_classes or []),
+    }
+    return Calibration(flags, threshold, sorted(classes), info)
+
+
+def _fpr_bound(k: int, n: int) -> float:
+    """One-sided Clopper-Pearson upper bound of the clean exceedance rate."""
+    if k >= n:
+        return 1.0
+    return float(stats.beta.ppf(FPR_CONFIDENCE, k + 1, n - k))
