@@ -199,16 +199,23 @@ def _working_set(
 
 def _draw(run: Run, model: Classifier) -> tuple[IntArray, IntArray, dict[str, Any]]:
     """Reserve and canaries drawn from the working set's central loss band."""
-    p = run.params
     out = predict(model, run.data)
     losses = per_sample_loss(out.logits, run.labels)
+    return _draw_from(run, losses, run.params.reserve_band)
+
+
+def _draw_from(
+    run: Run, losses: FloatArray, band: tuple[float, float], with_canaries: bool = True
+) -> tuple[IntArray, IntArray, dict[str, Any]]:
+    p = run.params
     n = run.data.n
     size = p.clean_reserve_size or reserve_size(n, run.inp.n_classes, p.clean_reserve_max_fraction)
     size = min(size, int(p.clean_reserve_max_fraction * n))
-    n_cal = calibration_size(size, p.calibration_size) if p.uses_canaries else 0
+    uses = with_canaries and p.uses_canaries
+    n_cal = calibration_size(size, p.calibration_size) if uses else 0
     rng = np.random.default_rng(run.ctx.seed)
     drawn, outside = stratified_reserve(
-        run.labels, losses, size + n_cal, run.inp.n_classes, rng, p.reserve_band
+        run.labels, losses, size + n_cal, run.inp.n_classes, rng, band
     )
     canaries = np.zeros(0, dtype=np.int64)
     if n_cal:
@@ -218,7 +225,7 @@ def _draw(run: Run, model: Classifier) -> tuple[IntArray, IntArray, dict[str, An
         "source": "drawn",
         "size": int(drawn.size),
         "canaries": int(canaries.size),
-        "loss_band": list(p.reserve_band),
+        "loss_band": list(band),
         "outside_band": outside,
         "note": "drawn from the inspected set (central loss band of a model fitted to it); "
         "these samples are still scored, and canaries drawn this way may hold a few poisons, "
@@ -248,6 +255,54 @@ def _complete(run: Run, plan: _Plan, fitted: Classifier | None) -> None:
     if plan.base_preds is None:
         plan.base_preds = _base_predictions(run, data, fitted)
     plan.reserve = Reserve(data, plan.base_preds)
+
+
+def _redraw(run: Run, plan: _Plan, confused_losses: FloatArray) -> None:
+    """Draw a drawn reserve again from round 0's confused losses (upper band).
+
+    A reserve drawn before any confusion can hold poisons when the fitted
+    model fits everything (an easy dataset, a high poison rate); trained
+    with wrong labels, a handful of them unlearns the backdoor for every
+    later round. Round 0's confused model still fits the poisons, so they
+    sit in its low loss tail, away from the band drawn here.
+    """
+    band = run.params.reserve_redraw_band
+    p = run.params
+    own_labels = p.confusion_labels == "random" or p.base_source == "labels"
+    if band is None or not own_labels or plan.info.get("source") != "drawn":
+        return
+    if plan.info.get("redrawn"):
+        return
+    first = plan.info
+    plan.canaries = _redraw_canaries(run, confused_losses, plan.canaries.size)
+    losses = confused_losses.copy()
+    losses[plan.canaries] = -np.inf  # never both a canary and trained on
+    reserve, _, _ = _draw_from(run, losses, band, with_canaries=False)
+    plan.reserve_idx = reserve
+    plan.info = {
+        **first,
+        "size": int(reserve.size),
+        "redrawn": {
+            "after_round": 0,
+            "reserve_confused_loss_band": list(band),
+            "canary_confused_loss_band": list(run.params.canary_redraw_band),
+        },
+        "note": "drawn from the inspected set (a band of a fitted model's losses), then again "
+        "after round 0 from bands of the confused model's losses above its low tail, where "
+        "poisons sit; these samples are still scored",
+    }
+    plan.base_preds = None
+    _complete(run, plan, None)
+
+
+def _redraw_canaries(run: Run, confused_losses: FloatArray, count: int) -> IntArray:
+    """Canaries from above round 0's confused low tail: clean, and little biased."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    rng = np.random.default_rng(run.ctx.seed + 1)
+    band = run.params.canary_redraw_band
+    drawn, _ = stratified_reserve(run.labels, confused_losses, count, run.inp.n_classes, rng, band)
+    return drawn
 
 
 def _base_predictions(run: Run, reserve: TensorData, fitted: Classifier | None) -> Tensor:
@@ -317,6 +372,8 @@ def _round(run: Run, plan: _Plan, state: RoundState, r: int) -> None:
     model, stats, verdict, notes = confuse_guarded(run, state, subset, plan.reserve, r)
     run.timed(f"round_{r}_confusion", conf_start)
     record = round_record(r, state, monitor, stats, verdict, notes, time.perf_counter() - start)
+    if r == 0:
+        _redraw(run, plan, verdict.losses[: run.data.n])
     if not notes["collapsed"]:
         state.evidence.add(verdict.losses)
         state.last_check = verdict.check

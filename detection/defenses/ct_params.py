@@ -62,6 +62,7 @@ _PAPER: dict[str, Any] = {
     "clean_reserve_max_fraction": 0.1,
     "reserve_band": [0.4, 0.6],
     "reserve_probe_epochs": 2.0,
+    "reserve_redraw_band": None,
     "topup_fraction": 1 / 50,
     "topup_fraction_last": 1 / 100,
     "distill_floor": None,
@@ -90,6 +91,7 @@ _ROBUST: dict[str, Any] = {
     "score": "rounds",
     "flag_rule": "clean_fpr",
     "reserve_band": [0.1, 0.45],
+    "reserve_redraw_band": [0.5, 0.95],
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -273,6 +275,24 @@ class CTParams(DetectorParams):
         "where poisons sit above it).",
     )
     reserve_probe_epochs: float = Field(_d("reserve_probe_epochs"), gt=0, le=50)
+    canary_redraw_band: tuple[
+        Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]
+    ] = Field(
+        (0.3, 1.0),
+        description="With reserve_redraw_band: the canaries' band of round 0's confused-loss "
+        "quantiles. Wide, so they stay close to the clean score law, above the low tail where "
+        "poisons sit (up to about a third of their class).",
+    )
+    reserve_redraw_band: (
+        tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] | None
+    ) = Field(
+        _d("reserve_redraw_band"),
+        description="Drawn reserve: after round 0, draw reserve and canaries again from this "
+        "band of round 0's confused-loss quantiles (per class). Poisons are what the confused "
+        "model still fits, so they sit in the low tail even when they are a third of their "
+        "class; the first draw cannot tell where they are when the fitted model fits "
+        "everything. None: keep the first draw (the paper).",
+    )
     topup_fraction: float = Field(_d("topup_fraction"), ge=0, le=1)
     topup_fraction_last: float = Field(_d("topup_fraction_last"), ge=0, le=1)
     distill_floor: float | None = Field(
@@ -325,6 +345,9 @@ class CTParams(DetectorParams):
     def _band_ordered(self) -> CTParams:
         if self.reserve_band[0] >= self.reserve_band[1]:
             raise ValueError("reserve_band must be (low, high) with low < high")
+        band = self.reserve_redraw_band
+        if band is not None and band[0] >= band[1]:
+            raise ValueError("reserve_redraw_band must be (low, high) with low < high")
         return self
 
     @model_validator(mode="before")
