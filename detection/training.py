@@ -245,9 +245,13 @@ def index_batches(
     """Endless stream of index batches, a fresh permutation per epoch.
 
     The last partial batch of an epoch is dropped unless it is the only one.
+    A single sample comes twice: batch norm cannot train on a batch of one.
     """
     if n <= 0:
         raise ValueError("cannot draw batches from an empty dataset")
+    if n == 1:
+        while True:
+            yield torch.zeros(2, dtype=torch.int64, device=device)
     batch_size = min(batch_size, n)
     per_epoch = max(1, n // batch_size)
     while True:
