@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from service.storage import LocalStorage
-from service.web import samples
+from service.web import pages, samples
 from service.web.data import DatasetCache
+from service.web.errors import install_html_errors
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def install(app: FastAPI) -> None:
@@ -14,3 +20,6 @@ def install(app: FastAPI) -> None:
     storage: LocalStorage = app.state.storage
     app.state.dataset_cache = DatasetCache(storage)
     app.include_router(samples.router)
+    app.include_router(pages.router)
+    app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
+    install_html_errors(app)
