@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from service.storage import LocalStorage
-from service.web import pages, samples
+from service.web import pages, reports, samples
 from service.web.data import DatasetCache
 from service.web.errors import install_html_errors
 
@@ -21,5 +21,6 @@ def install(app: FastAPI) -> None:
     app.state.dataset_cache = DatasetCache(storage)
     app.include_router(samples.router)
     app.include_router(pages.router)
+    app.include_router(reports.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     install_html_errors(app)
