@@ -13,12 +13,14 @@ from service.web.data import DatasetCache
 from service.web.errors import install_html_errors
 
 STATIC_DIR = Path(__file__).parent / "static"
+REFRESH_MS = 2000
 
 
 def install(app: FastAPI) -> None:
     """Add the web routers to ``app`` (after :func:`service.errors.install_problem_handlers`)."""
     storage: LocalStorage = app.state.storage
     app.state.dataset_cache = DatasetCache(storage)
+    app.state.ui_refresh_ms = REFRESH_MS  # how often live page parts poll
     app.include_router(samples.router)
     app.include_router(pages.router)
     app.include_router(reports.router)

@@ -31,13 +31,17 @@ from service.web.views import PAGE_SIZE, Thumb, cleansed_indices, job_view
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 JOBS_PER_PAGE = 50
-REFRESH_MS = 2000
 STATES = [s.value for s in JobState]
 
 
 def _cache(request: Request) -> DatasetCache:
     cache: DatasetCache = request.app.state.dataset_cache
     return cache
+
+
+def _refresh_ms(request: Request) -> int:
+    """How often the live parts poll (``app.state.ui_refresh_ms``)."""
+    return int(request.app.state.ui_refresh_ms)
 
 
 def _factory(request: Request) -> sessionmaker[Session]:
@@ -62,7 +66,9 @@ def _filters(state: str | None, method: str | None, dataset_id: str | None) -> r
     return repo.JobFilters(state=state, method=method, dataset_id=dataset_id)
 
 
-def _rows_context(session: Session, filters: repo.JobFilters, offset: int) -> dict[str, object]:
+def _rows_context(
+    request: Request, session: Session, filters: repo.JobFilters, offset: int
+) -> dict[str, object]:
     items, total = jobs.list_page(session, filters, JOBS_PER_PAGE, offset)
     names: dict[str, Dataset] = {}
     for job in items:
@@ -82,7 +88,7 @@ def _rows_context(session: Session, filters: repo.JobFilters, offset: int) -> di
         "older_url": page_url(offset + JOBS_PER_PAGE) if offset + JOBS_PER_PAGE < total else None,
         "query": urlencode({**query, "offset": offset}),
         "filters": filters,
-        "refresh_ms": REFRESH_MS,
+        "refresh_ms": _refresh_ms(request),
     }
 
 
@@ -92,19 +98,21 @@ OffsetQuery = Annotated[int, Query(ge=0)]
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(
+    request: Request,
     session: SessionDep,
     state: FilterQuery = None,
     method: FilterQuery = None,
     dataset_id: FilterQuery = None,
     offset: OffsetQuery = 0,
 ) -> HTMLResponse:
-    ctx = _rows_context(session, _filters(state, method, dataset_id), offset)
+    ctx = _rows_context(request, session, _filters(state, method, dataset_id), offset)
     html = render("jobs.html", states=STATES, methods=DETECTORS.names(), **ctx)
     return HTMLResponse(html)
 
 
 @router.get("/jobs/rows", response_class=HTMLResponse)
 def jobs_rows(
+    request: Request,
     session: SessionDep,
     state: FilterQuery = None,
     method: FilterQuery = None,
@@ -112,7 +120,7 @@ def jobs_rows(
     offset: OffsetQuery = 0,
 ) -> HTMLResponse:
     """The jobs table's body alone: what the list page polls."""
-    ctx = _rows_context(session, _filters(state, method, dataset_id), offset)
+    ctx = _rows_context(request, session, _filters(state, method, dataset_id), offset)
     return HTMLResponse(render("_job_rows.html", **ctx))
 
 
@@ -127,19 +135,24 @@ def job_page(
     view = job_view(
         session, _factory(request), _cache(request), job_id, sample_url(job.dataset_id), rank
     )
-    html = render("job.html", v=view, job=view.job, refresh_ms=REFRESH_MS, page_size=PAGE_SIZE)
+    html = render(
+        "job.html", v=view, job=view.job, refresh_ms=_refresh_ms(request), page_size=PAGE_SIZE
+    )
     return HTMLResponse(html)
 
 
 @router.get("/jobs/{job_id}/status", response_class=HTMLResponse)
 def job_status(
-    session: SessionDep, job_id: str, was_finished: Annotated[bool, Query()] = True
+    request: Request,
+    session: SessionDep,
+    job_id: str,
+    was_finished: Annotated[bool, Query()] = True,
 ) -> HTMLResponse:
     """The job's live status box; asks the page to reload once an unfinished job finished."""
     job = jobs.get(session, job_id)
     finished = job.state in FINISHED_STATES
     reload = finished and not was_finished
-    html = render("_job_status.html", job=job, refresh_ms=REFRESH_MS, reload=reload)
+    html = render("_job_status.html", job=job, refresh_ms=_refresh_ms(request), reload=reload)
     return HTMLResponse(html)
 
 
