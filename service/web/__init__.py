@@ -11,6 +11,7 @@ from service.storage import LocalStorage
 from service.web import pages, reports, samples
 from service.web.data import DatasetCache
 from service.web.errors import install_html_errors
+from service.web.views import ScoreCache
 
 STATIC_DIR = Path(__file__).parent / "static"
 REFRESH_MS = 2000
@@ -20,6 +21,7 @@ def install(app: FastAPI) -> None:
     """Add the web routers to ``app`` (after :func:`service.errors.install_problem_handlers`)."""
     storage: LocalStorage = app.state.storage
     app.state.dataset_cache = DatasetCache(storage)
+    app.state.score_cache = ScoreCache()
     app.state.ui_refresh_ms = REFRESH_MS  # how often live page parts poll
     app.include_router(samples.router)
     app.include_router(pages.router)

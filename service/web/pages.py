@@ -133,7 +133,13 @@ def job_page(
 ) -> HTMLResponse:
     job = jobs.get(session, job_id)
     view = job_view(
-        session, _factory(request), _cache(request), job_id, sample_url(job.dataset_id), rank
+        session,
+        _factory(request),
+        _cache(request),
+        job_id,
+        sample_url(job.dataset_id),
+        rank,
+        score_cache=request.app.state.score_cache,
     )
     html = render(
         "job.html", v=view, job=view.job, refresh_ms=_refresh_ms(request), page_size=PAGE_SIZE

@@ -8,6 +8,8 @@ score (``service.scores``), and derives the tables, figures and suspect grid.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -117,6 +119,32 @@ def load_scores(factory: sessionmaker[Session], job_id: str) -> ScoreArrays:
     )
 
 
+class ScoreCache:
+    """Score arrays of the last few succeeded jobs, keyed by job id and finish time.
+
+    A succeeded job's scores never change; a job that runs again (a retry)
+    finishes at a new time, so its old entry is never served.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], ScoreArrays] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, factory: sessionmaker[Session], job: Job) -> ScoreArrays:
+        key = (job.id, str(job.finished_at))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        arrays = load_scores(factory, job.id)
+        with self._lock:
+            self._items[key] = arrays
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return arrays
+
+
 def job_view(
     session: Session,
     factory: sessionmaker[Session],
@@ -125,6 +153,7 @@ def job_view(
     thumb: Thumb,
     first_rank: int = 1,
     page_size: int = PAGE_SIZE,
+    score_cache: ScoreCache | None = None,
 ) -> JobView:
     """The job page's content; results only once the job succeeded."""
     job = jobs.get(session, job_id)
@@ -144,7 +173,8 @@ def job_view(
         page_size=page_size,
     )
     if view.succeeded:
-        _fill_results(view, load_scores(factory, job_id), require_loaded(cache, dataset), thumb)
+        arrays = (score_cache or ScoreCache()).get(factory, job)
+        _fill_results(view, arrays, require_loaded(cache, dataset), thumb)
     return view
 
 
