@@ -20,11 +20,13 @@ import httpx
 import pytest
 import uvicorn
 
+from poisonscan.cli import main
 from poisonscan.runtime import free_port
 from service.config import Settings
 from service.main import create_app
 from tests.service.support import npz_bytes
-from tests.web.support import poison_set, poisoned_digits
+from tests.web.support import poison_set, poisoned_digits, run_job
+from tests.worker.support import settings_env
 from worker import jobs as worker_jobs
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -159,3 +161,43 @@ def test_dashboard_follows_a_job_and_shows_its_poisons(
     assert len(nxt) == 24 and not set(nxt) & set(shown)
     page.screenshot(path=artifacts / "job-ranks-25.png", full_page=True)
     api.close()
+
+
+@pytest.mark.slow
+def test_report_of_a_ct_job_opens_offline_with_its_gallery(
+    client: Any,
+    settings: Settings,
+    browser: Any,
+    tmp_path: Path,
+    artifacts: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    poisoned = poisoned_digits()
+    files = {"file": ("digits.npz", io.BytesIO(npz_bytes(poisoned.x, poisoned.labels, tmp_path)))}
+    dataset_id = client.post("/datasets", files=files).json()["id"]
+    # A CPU-quick CT (MLP): the report's content does not depend on how well it detects.
+    job = run_job(client, settings, dataset_id, method="ct", params={"arch": "mlp"})
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
+    out = artifacts / "report.html"
+    assert main(["report", job["id"], "-o", str(out)]) == 0
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    requested: list[str] = []
+
+    def block(route: Any) -> None:
+        requested.append(route.request.url)
+        route.abort()
+
+    page.route("http*://**/*", block)
+    page.goto(out.as_uri())
+    page.wait_for_load_state("load")
+    assert requested == []  # nothing but the file itself
+    assert page.locator("figure.suspect").count() == 48
+    assert page.evaluate(
+        "[...document.images].length === 192 &&"
+        "[...document.images].every(i => i.complete && i.naturalWidth === 16)"
+    )
+    assert page.locator("svg.hist").count() == 10
+    assert "likelihood ratio" in page.inner_text("table.classes")
+    page.screenshot(path=artifacts / "report.png", full_page=True)
