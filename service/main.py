@@ -13,6 +13,7 @@ from service.db import get_sessionmaker
 from service.errors import install_problem_handlers, problem
 from service.queue import Enqueue, JobQueue
 from service.storage import LocalStorage
+from service.web import install as install_web
 
 # Multipart framing around the file; a larger Content-Length cannot fit the limit.
 UPLOAD_OVERHEAD = 64 * 1024
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     app.middleware("http")(_upload_size_guard(settings.max_upload_bytes + UPLOAD_OVERHEAD))
     for module in (datasets, jobs, scores, methods, health):
         app.include_router(module.router)
+    install_web(app)
     return app
 
 

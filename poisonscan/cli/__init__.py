@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from detection.readers import DatasetFormatError
 from detection.registry import UnknownNameError
 from detection.types import DetectionError
-from poisonscan.cli import bench, scan, service
+from poisonscan.cli import bench, report, scan, service
 
-COMMAND_MODULES = (scan, bench, service)
+COMMAND_MODULES = (scan, bench, service, report)
 DESCRIPTION = "Find backdoor poison samples in ML training sets, locally or through the service."
 USER_ERRORS = (DatasetFormatError, DetectionError, UnknownNameError, ValidationError, ValueError)
 

@@ -1,0 +1,21 @@
+"""``GET /jobs/{id}/report.html``: the job's self-contained HTML report, as a download."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from service.db import SessionDep
+from service.web.report import render_report
+
+router = APIRouter(tags=["reports"])
+
+
+@router.get("/jobs/{job_id}/report.html", response_class=HTMLResponse)
+def job_report(request: Request, session: SessionDep, job_id: str) -> HTMLResponse:
+    """One HTML file with the run manifest, the detection table, the plots and the gallery."""
+    html = render_report(
+        session, request.app.state.sessionmaker, request.app.state.dataset_cache, job_id
+    )
+    disposition = f'inline; filename="{job_id}-report.html"'
+    return HTMLResponse(html, headers={"Content-Disposition": disposition})

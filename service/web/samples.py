@@ -1,0 +1,28 @@
+"""``GET /datasets/{id}/samples/{i}.png``: one stored sample decoded to PNG."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from service.db import SessionDep
+from service.web.data import DatasetCache, sample_png
+
+router = APIRouter(tags=["datasets"])
+
+
+def dataset_cache(request: Request) -> DatasetCache:
+    cache: DatasetCache = request.app.state.dataset_cache
+    return cache
+
+
+@router.get(
+    "/datasets/{dataset_id}/samples/{index}.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_sample_png(request: Request, session: SessionDep, dataset_id: str, index: int) -> Response:
+    """Sample ``index`` as PNG: 404 outside ``[0, N)``, 422 for a feature-vector dataset."""
+    png = sample_png(session, dataset_cache(request), dataset_id, index)
+    # Stored datasets are content-addressed and never change.
+    headers = {"Cache-Control": "public, max-age=86400, immutable"}
+    return Response(png, media_type="image/png", headers=headers)
