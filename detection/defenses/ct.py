@@ -41,6 +41,7 @@ from detection.defenses.ct_evidence import (
     Evidence,
     RoundCheck,
     canary_flags,
+    persistent_classes,
     rounds_score,
 )
 from detection.defenses.ct_identify import (
@@ -513,10 +514,11 @@ def _result(
     labels = run.labels
     calibration: dict[str, Any] | None = None
     if p.flag_rule == "clean_fpr" and plan.canaries.size:
-        cal = canary_flags(
-            scores, labels, plan.canaries, n_classes, p.target_fpr, list(test.flagged_classes)
-        )
+        persistent = persistent_classes(state.records, p.score_from_round)
+        lr_classes = list(test.flagged_classes) if persistent is None else persistent
+        cal = canary_flags(scores, labels, plan.canaries, n_classes, p.target_fpr, lr_classes)
         flags, targets, calibration = cal.flags, cal.classes, cal.info
+        calibration["final_test_classes"] = [int(c) for c in test.flagged_classes]
     else:
         flags, targets = test.flags, list(test.flagged_classes)
     info = {

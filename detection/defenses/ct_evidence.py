@@ -18,6 +18,7 @@ Backdoor Poison Samples", USENIX Security 2023.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,12 +184,14 @@ def canary_flags(
     lr_classes : list of int, optional
         Classes the paper's likelihood-ratio test flags.
 
-    The suspected classes are ``lr_classes`` plus the one class whose count
-    above the threshold is most improbable under the canaries' exceedance
-    rate (one-sided binomial test at :data:`CLASS_ALPHA` / C). One class, not
-    every significant one: benign classes differ in how well they resist
-    confusion, so a second class's excess is usually a heavy clean tail, and
-    a real second target is what the likelihood-ratio test is for.
+    The suspected classes are ``lr_classes``; when the likelihood-ratio
+    evidence names none, the one class whose count above the threshold is
+    most improbable under the canaries' exceedance rate (one-sided binomial
+    test at :data:`CLASS_ALPHA` / C). One class, not every significant one,
+    and only as a fallback: benign classes differ in how well they resist
+    confusion (Fashion-MNIST "shirt" keeps a heavy clean tail), so a class's
+    excess over a threshold set by all classes' canaries is weak evidence
+    beside a likelihood ratio that points at the target round after round.
     """
     canary_scores = scores[canaries]
     threshold = float(np.quantile(canary_scores, 1.0 - target_fpr, method="higher"))
@@ -203,7 +206,7 @@ def canary_flags(
     p_values = stats.binom.sf(k_c - 1, n_c, rate)
     classes = set(lr_classes or [])
     top = int(np.argmin(p_values))
-    if p_values[top] < CLASS_ALPHA / n_classes and k_c[top] > 0:
+    if not classes and p_values[top] < CLASS_ALPHA / n_classes and k_c[top] > 0:
         classes.add(top)
     flags = above & np.isin(labels, sorted(classes))
     info = {
@@ -217,6 +220,23 @@ def canary_flags(
         "likelihood_ratio_classes": sorted(lr_classes or []),
     }
     return Calibration(flags, threshold, sorted(classes), info)
+
+
+def persistent_classes(records: list[dict[str, Any]], from_round: int) -> list[int] | None:
+    """Classes the round checks flag in most scoring rounds (``None``: no such round).
+
+    The last model's test alone is noisy (a benign class can pass its
+    threshold once); a target is flagged round after round.
+    """
+    flagged = [
+        rec["flagged_classes"]
+        for rec in records
+        if rec["round"] >= from_round and not rec.get("collapsed") and "flagged_classes" in rec
+    ]
+    if not flagged:
+        return None
+    counts = Counter(c for classes in flagged for c in set(classes))
+    return sorted(c for c, k in counts.items() if 2 * k > len(flagged))
 
 
 def _fpr_bound(k: int, n: int) -> float:
