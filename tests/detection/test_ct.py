@@ -315,3 +315,22 @@ def test_tiny_feature_set_trains_through_batches_of_one() -> None:
     res = detect(DetectionInput(feats, labels, 3), params, RunContext(device="cpu"))
     assert res.scores.shape == (12,) and np.isfinite(res.scores).all()
     assert min(res.info["distilled_sizes"][:5]) <= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("seed", "with_reserve"), [(0, False), (1, True)])
+def test_fast_preset_finds_one_percent_badnet_on_fashion(
+    fashion_small: LoadedDataset, seed: int, with_reserve: bool
+) -> None:
+    # Real photos-like data at a realistic rate: 26 poisons among 2,600 Fashion-MNIST images.
+    x, y, cx, cy = _split(fashion_small, 400, seed)
+    target = (3 * seed + 1) % 10
+    ps = plant("badnet", x, y, 10, {"rate": 0.01, "target_class": target}, seed=seed)
+    inp = DetectionInput(
+        ps.x, ps.labels, 10, cx if with_reserve else None, cy if with_reserve else None
+    )
+    res = detect(inp, CTParams(device="cpu"), RunContext(device="cpu", seed=seed))
+    m = evaluate(res.scores, res.flags, ps.poison_indices)
+    assert m["tpr"] >= 0.9 and m["fpr"] <= 0.02, m
+    assert m["auroc"] >= 0.99 and res.target_classes == [target]
+
