@@ -1,4 +1,4 @@
-"""Evaluation against ground truth, and turning scores into flags.
+"""Evaluation against ground truth (turning scores into flags: :mod:`detection.thresholds`).
 
 Evaluation is kept apart from detection: detectors never see
 ``poison_indices``; these functions compare their ``scores`` (higher = more
@@ -18,7 +18,6 @@ by adaptive attacks) count as clean: flagging them is a false positive.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -132,7 +131,7 @@ def evaluate(
     }
 
 
-# --------------------------------------------------------------------------- thresholds
+# --------------------------------------------------------------------------- ranks and curves
 
 
 def rank_by_score(scores: ArrayLike) -> NDArray[np.int64]:
@@ -153,42 +152,6 @@ def roc_curve(
     tpr = np.r_[0.0, tps / max(1, int(m.sum()))]
     fpr = np.r_[0.0, fps / max(1, int((~m).sum()))]
     return fpr, tpr
-
-
-def flag_top_fraction(scores: ArrayLike, budget: float) -> NDArray[np.bool_]:
-    """Flag the ``ceil(budget * N)`` highest scores; ties go to the lower index."""
-    if not 0.0 <= budget <= 1.0:
-        raise ValueError(f"budget must lie in [0, 1], got {budget}")
-    s = _as_scores(scores)
-    k = min(s.size, math.ceil(budget * s.size - 1e-9))
-    flags = np.zeros(s.size, dtype=bool)
-    flags[np.argsort(-s, kind="stable")[:k]] = True
-    return flags
-
-
-def flag_by_clean_fpr(
-    scores: ArrayLike, clean_scores: ArrayLike, target_fpr: float
-) -> NDArray[np.bool_]:
-    """Flag scores above the ``1 - target_fpr`` quantile of trusted clean scores.
-
-    The quantile uses the next higher observed clean score and flags are
-    strict (``>``), so at most ``target_fpr`` of the clean reserve itself
-    would be flagged.
-    """
-    if not 0.0 <= target_fpr <= 1.0:
-        raise ValueError(f"target_fpr must lie in [0, 1], got {target_fpr}")
-    clean = _as_scores(clean_scores)
-    if clean.size == 0:
-        raise ValueError("clean_scores is empty")
-    if target_fpr >= 1.0:
-        return np.ones(_as_scores(scores).size, dtype=bool)
-    cut = float(np.quantile(clean, 1.0 - target_fpr, method="higher"))
-    return flag_above(scores, cut)
-
-
-def flag_above(scores: ArrayLike, cut: float) -> NDArray[np.bool_]:
-    """Flag scores strictly above ``cut``."""
-    return _as_scores(scores) > cut
 
 
 # --------------------------------------------------------------------------- helpers

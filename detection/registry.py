@@ -30,14 +30,12 @@ class Params(BaseModel):
 
 
 class DetectorParams(Params):
-    """Fields every detector understands."""
+    """Fields every detector understands.
 
-    budget: float = Field(
-        0.05,
-        gt=0.0,
-        le=0.5,
-        description="Maximum fraction of the dataset to flag where the method needs a budget.",
-    )
+    Detectors that flag by a budget or a clean-reserve FPR subclass
+    :class:`detection.thresholds.BudgetParams` / ``ThresholdParams`` instead.
+    """
+
     device: str | None = Field(
         None, description="torch device; default: cuda when available, else cpu."
     )
@@ -46,9 +44,9 @@ class DetectorParams(Params):
         """True when these params cannot run without a clean reserve (``clean_x``).
 
         Callers (the API at ``POST /jobs``, the CLI) refuse such a request before
-        any work. The default reads the shared ``threshold`` rule of
-        :mod:`detection.defenses.common`: ``"clean_fpr"`` needs a reserve. A
-        detector with other needs overrides this on its params model.
+        any work. The default reads a ``threshold`` field (see
+        :class:`detection.thresholds.ThresholdParams`): ``"clean_fpr"`` needs a
+        reserve. A detector with other needs overrides this on its params model.
         """
         return getattr(self, "threshold", None) == "clean_fpr"
 

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from detection.cache import ModelCache
+
 ProgressFn = Callable[[str, float], None]
 CancelFn = Callable[[], bool]
 TraceFn = Callable[[str, dict[str, Any]], None]
@@ -211,6 +213,9 @@ class RunContext:
     ``trace(event, payload)`` receives a detector's internal evidence (e.g. CT's
     per-round distilled set) for benchmarks and debugging; the payload may hold
     arrays and is never needed for the result.
+    ``models`` is the run's :class:`~detection.cache.ModelCache`: detectors of
+    one job share base models through it (read-only; copy before training).
+    Sub-contexts from :meth:`sub` share it.
     """
 
     device: str = "auto"
@@ -219,6 +224,7 @@ class RunContext:
     should_cancel: CancelFn = _never_cancel
     scratch_dir: Path | None = None
     trace: TraceFn = _no_trace
+    models: ModelCache = field(default_factory=ModelCache)
 
     def report(self, stage: str, fraction: float) -> None:
         self.progress(stage, float(min(max(fraction, 0.0), 1.0)))

@@ -1,3 +1,14 @@
 """Detectors. Importing this package registers every detector module."""
 
-from detection.defenses import ac, ct, ss  # noqa: F401
+from detection.defenses import (  # noqa: F401
+    abl,
+    ac,
+    beatrix,
+    ct,
+    ensemble,
+    scan,
+    sentinet,
+    spectre,
+    ss,
+    strip,
+)

@@ -3,25 +3,22 @@
 - :func:`class_groups` splits sample indices by *given* label, vectorised.
 - :func:`base_features` trains (or reuses) the base model on the inspected set
   and returns penultimate features of the inspected set and the clean reserve.
-- :func:`budget_flags` and :func:`clean_fpr_threshold` turn dense scores into
-  flags without ever reading the true poison rate.
+- Turning scores into flags lives in :mod:`detection.thresholds`.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from detection.base_model import BaseModelParams, FittedModel, fit_base_model
 from detection.features import predict
+from detection.training import resolve_device
 from detection.types import DetectionError, DetectionInput, RunContext
 
-ThresholdRule = Literal["auto", "budget", "clean_fpr"]
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
@@ -46,48 +43,10 @@ def class_groups(labels: NDArray[np.integer], n_classes: int) -> list[IntArray]:
     return list(np.split(order, np.cumsum(counts)[:-1]))
 
 
-def budget_flags(scores: FloatArray, groups: list[IntArray], fraction: float) -> BoolArray:
-    """Flag the ``floor(fraction * n_c)`` highest-scoring samples of each class.
-
-    Parameters
-    ----------
-    scores : ndarray, shape (N,)
-        Higher = more suspicious.
-    groups : list of index arrays
-        Per-class indices, as from :func:`class_groups`.
-    fraction : float
-        Fraction of each class to flag (clipped to [0, 1]).
-    """
-    flags = np.zeros(scores.shape[0], dtype=bool)
-    fraction = min(max(fraction, 0.0), 1.0)
-    for idx in groups:
-        k = int(np.floor(fraction * idx.size))
-        if k > 0:
-            top = np.argpartition(-scores[idx], k - 1)[:k]
-            flags[idx[top]] = True
-    return flags
-
-
-def clean_fpr_threshold(reserve_scores: FloatArray, target_fpr: float) -> float:
-    """Score threshold that flags at most ``target_fpr`` of the clean reserve.
-
-    Samples with ``score > threshold`` are flagged; the threshold is the
-    ``1 - target_fpr`` quantile of the reserve's scores (rounded up to an
-    observed value, so the reserve's own FPR never exceeds the target).
-    """
-    if reserve_scores.size == 0:
-        raise DetectionError("the clean reserve is empty; cannot set a clean-FPR threshold")
-    q = min(max(1.0 - target_fpr, 0.0), 1.0)
-    return float(np.quantile(reserve_scores, q, method="higher"))
-
-
-def require_reserve(inp: DetectionInput, detector: str) -> None:
+def require_reserve(inp: DetectionInput, detector: str, why: str = "threshold='clean_fpr'") -> None:
     """Raise :class:`DetectionError` unless ``inp`` carries a clean reserve."""
     if not inp.has_clean_reserve:
-        raise DetectionError(
-            f"{detector}: threshold='clean_fpr' needs a clean reserve (clean_x, clean_labels); "
-            "give one or use threshold='budget'"
-        )
+        raise DetectionError(f"{detector}: {why} needs a clean reserve (clean_x, clean_labels)")
 
 
 @dataclass(frozen=True)
@@ -116,34 +75,21 @@ class BaseFeatures:
     seconds: float
 
 
-_CacheKey = tuple[str, int, str]
-_cache: dict[str, tuple[weakref.ref[DetectionInput], _CacheKey, FittedModel]] = {}
-
-
 def fitted_base_model(
     inp: DetectionInput, params: BaseModelParams, ctx: RunContext, device: str | None = None
 ) -> FittedModel:
-    """:func:`fit_base_model`, reusing the last model fitted on the same ``inp`` object.
+    """:func:`fit_base_model` through the run's model cache (``ctx.models``).
 
-    Detectors run one after another in a job on the same input share one
-    base model when their ``base_model`` params, seed and device agree. Only
-    the most recent model is kept, and it is dropped when ``inp`` is freed.
+    Detectors of one job share one base model when the data (by content),
+    their ``base_model`` params, the seed and the device agree. The model is
+    read-only: a detector that trains takes ``copy.deepcopy(fitted.model)``.
     """
-    key: _CacheKey = (params.model_dump_json(), ctx.seed, str(device or ctx.device))
-    hit = _cache.get("last")
-    if hit is not None and hit[0]() is inp and hit[1] == key:
-        return hit[2]
-    _cache.clear()
-    fitted = fit_base_model(inp, params, ctx, device)
-    _cache["last"] = (weakref.ref(inp), key, fitted)
-    weakref.finalize(inp, _forget_dead)
-    return fitted
-
-
-def _forget_dead() -> None:
-    hit = _cache.get("last")
-    if hit is not None and hit[0]() is None:
-        _cache.clear()
+    content = ctx.models.content_key(inp, inp.x, inp.labels, inp.clean_x, inp.clean_labels)
+    dev = str(resolve_device(device or ctx.device))
+    key = ("base_model", content, params.model_dump_json(), str(ctx.seed), dev)
+    return ctx.models.get_or_fit(
+        key, lambda: fit_base_model(inp, params, ctx, device), lambda f: f.model
+    )
 
 
 def base_features(

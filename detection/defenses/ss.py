@@ -32,17 +32,14 @@ from detection.defenses.common import (
     BoolArray,
     FloatArray,
     IntArray,
-    ThresholdRule,
     base_features,
-    budget_flags,
     class_groups,
-    clean_fpr_threshold,
     require_reserve,
     robust_outlier_classes,
 )
-from detection.registry import DetectorParams, register_detector
+from detection.registry import register_detector
+from detection.thresholds import ThresholdParams, apply_threshold
 from detection.types import (
-    DetectionError,
     DetectionInput,
     DetectionResult,
     RunContext,
@@ -56,16 +53,9 @@ TRIM_Z = 3.0
 TRIM_ITERS = 3
 
 
-class SpectralParams(DetectorParams):
-    """Params of the ``ss`` detector."""
+class SpectralParams(ThresholdParams):
+    """Params of the ``ss`` detector (``budget``: flag ``removal_factor * budget`` per class)."""
 
-    threshold: ThresholdRule = Field(
-        "auto",
-        description="budget: flag the top 1.5*budget of each class (Tran et al.); "
-        "clean_fpr: flag scores above the clean reserve's (1 - target_fpr) quantile; "
-        "auto: clean_fpr when a clean reserve is given, else budget.",
-    )
-    target_fpr: float = Field(0.05, gt=0.0, lt=1.0, description="FPR on the clean reserve.")
     removal_factor: float = Field(
         1.5, gt=0.0, le=10.0, description="Per class, flag removal_factor * budget * n_c."
     )
@@ -213,25 +203,16 @@ def strongest_class(shares: FloatArray, outlier_z: float = 3.5) -> list[int]:
 
 
 def _flag(
-    scores: FloatArray,
-    fit: SpectralFit,
-    feats: BaseFeatures,
-    params: SpectralParams,
-    n_classes: int,
+    scores: FloatArray, fit: SpectralFit, feats: BaseFeatures, params: SpectralParams
 ) -> tuple[BoolArray, dict[str, Any]]:
-    """Flags by the budget rule or the clean-reserve quantile, and the rule used."""
-    rule = params.threshold
-    if rule == "auto":
-        rule = "budget" if feats.clean_features is None else "clean_fpr"
-    if rule == "budget":
-        fraction = params.removal_factor * params.budget
-        flags = budget_flags(scores, class_groups(feats.labels, n_classes), fraction)
-        return flags, {"rule": "budget", "fraction_per_class": fraction}
-    if feats.clean_features is None or feats.clean_labels is None:
-        raise DetectionError("ss: threshold='clean_fpr' needs a clean reserve")
-    reserve = spectral_scores(fit, feats.clean_features, feats.clean_labels)
-    cut = clean_fpr_threshold(reserve, params.target_fpr)
-    return scores > cut, {"rule": "clean_fpr", "target_fpr": params.target_fpr, "score": cut}
+    """Flags by the per-class budget rule or the clean-reserve quantile, and the rule used."""
+    reserve = None
+    clean_f, clean_y = feats.clean_features, feats.clean_labels
+    if params.rule(clean_f is not None) == "clean_fpr" and clean_f is not None:
+        assert clean_y is not None
+        reserve = spectral_scores(fit, clean_f, clean_y)
+    fraction = params.removal_factor * params.budget
+    return apply_threshold(scores, params, reserve, feats.labels, fraction)
 
 
 @register_detector("ss", SpectralParams, "Spectral Signatures (Tran et al. 2018)")
@@ -255,7 +236,7 @@ def detect(inp: DetectionInput, params: SpectralParams, ctx: RunContext) -> Dete
     start = time.perf_counter()
     fit = spectral_fit(feats.features, feats.labels, inp.n_classes)
     scores = spectral_scores(fit, feats.features, feats.labels)
-    flags, threshold = _flag(scores, fit, feats, params, inp.n_classes)
+    flags, threshold = _flag(scores, fit, feats, params)
     shares = tail_shares(scores, feats.labels, inp.n_classes, params.tail_z)
     targets = strongest_class(shares, params.outlier_z)
     ctx.report("score", 1.0)

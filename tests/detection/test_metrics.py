@@ -11,13 +11,11 @@ from detection.metrics import (
     average_precision,
     evaluate,
     false_positive_rate,
-    flag_above,
-    flag_by_clean_fpr,
-    flag_top_fraction,
     poison_mask,
     tpr_at_fpr,
     true_positive_rate,
 )
+from detection.thresholds import flag_above, flag_by_clean_fpr, flag_top_fraction
 
 # (scores, poison mask, hand-computed AUROC, hand-computed AP)
 HAND_CASES = [
@@ -105,13 +103,17 @@ def test_evaluate_counts_covers_as_clean() -> None:
 
 def test_flag_top_fraction() -> None:
     assert flag_top_fraction([1, 3, 3, 2], 0.5).tolist() == [False, True, True, False]
-    assert flag_top_fraction([1, 3, 3, 2], 0.3).tolist() == [False, True, True, False]
+    # A budget is a maximum: floor(0.3 * 4) = 1, and ties go to the lower index.
+    assert flag_top_fraction([1, 3, 3, 2], 0.3).tolist() == [False, True, False, False]
     assert flag_top_fraction([5, 5, 5, 1], 0.25).tolist() == [True, False, False, False]
     assert flag_top_fraction(np.arange(10.0), 0.3).sum() == 3  # 0.3 * 10 is not 4
     assert flag_top_fraction([1, 2], 0.0).sum() == 0
     assert flag_top_fraction([1, 2], 1.0).all()
     with pytest.raises(ValueError, match="budget"):
         flag_top_fraction([1, 2], 1.5)
+    # Per class: floor(0.5 * 3) = 1 of class 0, floor(0.5 * 2) = 1 of class 1.
+    per_class = flag_top_fraction([4, 9, 1, 7, 8], 0.5, labels=[0, 1, 0, 1, 0])
+    assert per_class.tolist() == [False, True, False, False, True]
 
 
 def test_flag_by_clean_fpr() -> None:

@@ -10,19 +10,15 @@ import torch
 
 from detection.attacks import PoisonedSet, plant
 from detection.base_model import BaseModelParams
+from detection.cache import CachedModelModified
 from detection.datasets import split_reserve
 from detection.defenses.ac import activation_clustering, cluster_class
-from detection.defenses.common import (
-    budget_flags,
-    class_groups,
-    clean_fpr_threshold,
-    fitted_base_model,
-    robust_outlier_classes,
-)
+from detection.defenses.common import class_groups, fitted_base_model, robust_outlier_classes
 from detection.defenses.ss import spectral_fit, spectral_scores, tail_shares
 from detection.metrics import evaluate
 from detection.readers import LoadedDataset
 from detection.registry import run_detector
+from detection.thresholds import clean_fpr_cut, flag_top_fraction
 from detection.types import DetectionError, DetectionInput, RunContext
 
 BASE_MODEL = {"arch": "small_cnn", "epochs": 12}
@@ -60,18 +56,18 @@ def test_class_groups_partition_by_label() -> None:
 def test_budget_flags_top_fraction_of_each_class() -> None:
     scores = np.array([5.0, 1.0, 3.0, 2.0, 9.0, 8.0, 7.0, 0.0])
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 1], dtype=np.int64)
-    flags = budget_flags(scores, class_groups(labels, 2), 0.5)
+    flags = flag_top_fraction(scores, 0.5, labels)
     assert np.flatnonzero(flags).tolist() == [0, 2, 4, 5]
-    assert not budget_flags(scores, class_groups(labels, 2), 0.2).any()
+    assert not flag_top_fraction(scores, 0.2, labels).any()
 
 
 def test_clean_fpr_threshold_bounds_reserve_fpr() -> None:
     reserve = np.arange(100, dtype=np.float64)
-    cut = clean_fpr_threshold(reserve, 0.05)
+    cut = clean_fpr_cut(reserve, 0.05)
     assert (reserve > cut).mean() <= 0.05
     assert (reserve > cut).mean() >= 0.04
     with pytest.raises(DetectionError, match="empty"):
-        clean_fpr_threshold(np.array([]), 0.05)
+        clean_fpr_cut(np.array([]), 0.05)
 
 
 def test_robust_outlier_classes() -> None:
@@ -105,7 +101,7 @@ def test_spectral_clean_fpr_with_reserve() -> None:
     clean_idx = np.setdiff1d(np.arange(labels.size), moved)
     picks = np.concatenate([rng.choice(clean_idx[labels[clean_idx] == c], 100) for c in range(4)])
     reserve = features[picks] + rng.normal(0.0, 0.05, (picks.size, 16))
-    cut = clean_fpr_threshold(spectral_scores(fit, reserve, reserve_labels), 0.05)
+    cut = clean_fpr_cut(spectral_scores(fit, reserve, reserve_labels), 0.05)
     poison = np.zeros(labels.size, dtype=bool)
     poison[moved] = True
     flags = scores > cut
@@ -157,8 +153,12 @@ def poisoned_digits(digits: LoadedDataset) -> tuple[DetectionInput, PoisonedSet]
     return inp, ps
 
 
+# One run context for the module, so its detectors share one base model as in a job.
+MODULE_CTX = RunContext(device="cpu")
+
+
 def _run(inp: DetectionInput, name: str, raw: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    result = run_detector(name, inp, {**raw, "base_model": BASE_MODEL}, RunContext(device="cpu"))
+    result = run_detector(name, inp, {**raw, "base_model": BASE_MODEL}, MODULE_CTX)
     return result, result.info
 
 
@@ -202,13 +202,23 @@ def test_ss_clean_fpr_needs_reserve(poisoned_digits: tuple[DetectionInput, Poiso
         run_detector("ss", bare, {"threshold": "clean_fpr"}, RunContext(device="cpu"))
 
 
-def test_base_model_is_reused_for_the_same_input() -> None:
+def test_base_model_is_shared_through_the_run_context() -> None:
     rng = np.random.default_rng(4)
     inp = DetectionInput(rng.normal(size=(64, 6)), rng.integers(0, 3, 64).astype(np.int64), 3)
     params = BaseModelParams(epochs=1)
     ctx = RunContext(device="cpu")
     first = fitted_base_model(inp, params, ctx)
-    assert fitted_base_model(inp, params, ctx) is first
+    assert fitted_base_model(inp, params, ctx.sub(0.5, 1.0)) is first
+    # Keyed by content: an equal copy of the data hits, other params or data miss.
+    same = DetectionInput(inp.x.copy(), inp.labels.copy(), 3)
+    assert fitted_base_model(same, params, ctx) is first
     assert fitted_base_model(inp, BaseModelParams(epochs=2), ctx) is not first
-    other = DetectionInput(inp.x.copy(), inp.labels.copy(), 3)
-    assert fitted_base_model(other, BaseModelParams(epochs=2), ctx) is not first
+    relabelled = DetectionInput(inp.x, (inp.labels + 1) % 3, 3)
+    assert fitted_base_model(relabelled, params, ctx) is not first
+    # Nothing is shared between runs, and a cached model is read-only.
+    assert fitted_base_model(inp, params, RunContext(device="cpu")) is not first
+    second = fitted_base_model(inp, BaseModelParams(epochs=2), ctx)
+    with torch.no_grad():
+        second.model.head.bias.add_(1.0)
+    with pytest.raises(CachedModelModified, match="deepcopy"):
+        fitted_base_model(inp, BaseModelParams(epochs=2), ctx)
