@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pyarrow.csv as pacsv
 from numpy.typing import NDArray
 
 from detection.readers import write_npz
@@ -22,8 +23,10 @@ FINAL_STATES = ("succeeded", "failed", "cancelled")
 class ApiRunner:
     """Upload the poisoned set and reserve, start a job, poll it, read its scores."""
 
-    def __init__(self, base_url: str, timeout: float = 3600.0) -> None:
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=120)
+    def __init__(
+        self, base_url: str, timeout: float = 3600.0, http: httpx.Client | None = None
+    ) -> None:
+        self.client = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=120)
         self.timeout = timeout
 
     def _upload(self, x: NDArray[Any], labels: NDArray[np.int64], name: str) -> str:
@@ -62,9 +65,15 @@ class ApiRunner:
         job = self._wait(resp.json()["id"])
         if job["state"] != "succeeded":
             raise RuntimeError(f"job {job['id']} {job['state']}: {job.get('error')}")
-        csv = self.client.get(f"/jobs/{job['id']}/scores.csv").raise_for_status().text
-        table = np.genfromtxt(io.StringIO(csv), delimiter=",", names=True)
-        order = np.argsort(table["sample_index"])
-        scores = np.asarray(table["score"][order], dtype=np.float64)
-        flags = np.asarray(table["flagged"][order]).astype(bool)
-        return scores, flags
+        csv = self.client.get(f"/jobs/{job['id']}/scores.csv").raise_for_status().content
+        return scores_from_csv(csv)
+
+
+def scores_from_csv(data: bytes) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Scores and flags by sample index from a scores CSV (``flagged`` is true/false)."""
+    table = pacsv.read_csv(io.BytesIO(data)).sort_by("sample_index")
+    flagged = table["flagged"]
+    if str(flagged.type) != "bool":
+        raise ValueError(f"the flagged column must be true/false, got {flagged.type}")
+    scores = table["score"].to_numpy().astype(np.float64)
+    return scores, flagged.to_numpy().astype(bool)

@@ -75,26 +75,30 @@ class ProgressBar:
 
 
 def write_scores(path: Path, result: DetectionResult) -> None:
-    """Write sample_index, score, flagged, rank as .csv, .parquet or .npz."""
-    rank = rank_by_score(result.scores)
+    """Write sample_index, score, flagged, rank as .csv, .parquet or .npz.
+
+    CSV and Parquet are the service's exports, column for column (``flagged`` is
+    ``true``/``false`` in CSV), so one reader handles both.
+    """
     columns = {
-        "sample_index": np.arange(result.scores.size),
-        "score": result.scores,
-        "flagged": result.flags,
-        "rank": rank,
+        "sample_index": np.arange(result.scores.size, dtype=np.int64),
+        "score": np.asarray(result.scores, dtype=np.float64),
+        "flagged": np.asarray(result.flags, dtype=bool),
+        "rank": rank_by_score(result.scores).astype(np.int64),
     }
     suffix = path.suffix.lower()
     if suffix == ".npz":
         np.savez(path, **columns)  # type: ignore[arg-type]
-    elif suffix == ".parquet":
+    elif suffix in (".parquet", ".csv"):
         import pyarrow as pa
+        import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table(columns), path)
-    elif suffix == ".csv":
-        header = "sample_index,score,flagged,rank"
-        rows = np.column_stack([columns["sample_index"], result.scores, result.flags, rank])
-        np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt="%d,%.9g,%d,%d")
+        table = pa.table(columns)
+        if suffix == ".csv":
+            pacsv.write_csv(table, path)
+        else:
+            pq.write_table(table, path)
     else:
         raise ValueError(f"--out must end in .csv, .parquet or .npz, got {path.name}")
 
