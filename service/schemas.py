@@ -7,7 +7,32 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.models import JobState
+
 ScoreOrder = Literal["score_desc", "index"]
+
+
+class ProblemError(BaseModel):
+    """One field at fault (pydantic style)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int] = Field(description="Where: e.g. ['body', 'params', 'budget'].")
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error response."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field("about:blank", description="A URI naming the problem type.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int = Field(ge=400, le=599)
+    detail: str | None = Field(None, description="What went wrong, for a human.")
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[ProblemError] | None = Field(None, description="The fields at fault, if any.")
 
 
 class ReadModel(BaseModel):
@@ -50,6 +75,45 @@ class JobCreate(BaseModel):
     )
 
 
+class ClassSummaryRead(BaseModel):
+    """Per-class statistics of a finished job (by given label)."""
+
+    label: int
+    n_samples: int
+    n_flagged: int
+    statistic: float | None = None
+    suspected: bool = False
+
+
+class JobSummary(BaseModel):
+    """What the detector found; methods add their own fields (e.g. per-round sizes)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n_samples: int
+    n_flagged: int
+    target_classes: list[int] = Field(default_factory=list)
+    classes: list[ClassSummaryRead] = Field(default_factory=list)
+
+
+class JobMetrics(BaseModel):
+    """Detection metrics against the job's ground truth (null where undefined)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n_samples: int
+    n_poison: int
+    n_cover: int = 0
+    n_flagged: int
+    tpr: float | None = None
+    fpr: float | None = None
+    auroc: float | None = None
+    ap: float | None = None
+    tpr_at_fpr_1: float | None = None
+    tpr_at_fpr_5: float | None = None
+    cover_fpr: float | None = None
+
+
 class JobRead(ReadModel):
     id: str
     dataset_id: str
@@ -57,12 +121,12 @@ class JobRead(ReadModel):
     method: str
     params: dict[str, Any]
     seed: int
-    state: str
-    stage: str | None
-    progress: float
+    state: JobState
+    stage: str | None = Field(description="What runs now, e.g. 'round 3/6: confusion'.")
+    progress: float = Field(ge=0.0, le=1.0)
     error: str | None
-    metrics: dict[str, Any] | None
-    summary: dict[str, Any] | None
+    metrics: JobMetrics | None = Field(description="Set when the job had ground truth.")
+    summary: JobSummary | None
     has_ground_truth: bool
     code_version: str
     attempts: int

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from service import datasets
 from service.api.deps import SessionDep, StorageDep
+from service.api.responses import problems
 from service.models import Dataset
 from service.schemas import DatasetPage, DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+REUPLOAD: dict[int | str, dict[str, Any]] = {
+    200: {"model": DatasetRead, "description": "The same bytes were stored before."}
+}
 
 
-@router.post("", response_model=DatasetRead, status_code=201)
+@router.post(
+    "",
+    response_model=DatasetRead,
+    status_code=201,
+    responses={**REUPLOAD, **problems(409, 413, 422)},
+)
 def create_dataset(
     session: SessionDep,
     storage: StorageDep,
@@ -22,7 +31,7 @@ def create_dataset(
     file: Annotated[UploadFile, File(description="npz, ImageFolder zip/tar, parquet or csv")],
     name: Annotated[str | None, Form(max_length=255)] = None,
 ) -> Dataset:
-    """Upload a dataset; the same bytes return the existing dataset (200)."""
+    """Upload a dataset (201); the same bytes return the existing dataset (200)."""
     stored = datasets.create(session, storage, file.file, filename=file.filename, name=name)
     if not stored.created:
         response.status_code = 200
@@ -36,6 +45,7 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DatasetPage:
+    """Newest first."""
     items, total = datasets.list_page(session, limit, offset)
     return DatasetPage(
         items=[DatasetRead.model_validate(d) for d in items],
@@ -45,6 +55,6 @@ def list_datasets(
     )
 
 
-@router.get("/{dataset_id}", response_model=DatasetRead)
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=problems(404))
 def get_dataset(session: SessionDep, dataset_id: str) -> Dataset:
     return datasets.get(session, dataset_id)

@@ -22,7 +22,11 @@ SS = {"base_model": {"arch": "mlp", "epochs": 2}, "budget": 0.2}
 
 def in_process_app(settings: Settings) -> TestClient:
     """The API whose queue runs each job right away, in this process."""
-    app = create_app(settings, enqueue=lambda job_id: jobs.run_job(job_id, settings) and None)
+
+    def run_now(job_id: str) -> None:
+        jobs.run_job(job_id, settings)
+
+    app = create_app(settings, enqueue=run_now)
     return TestClient(app, raise_server_exceptions=False)
 
 
