@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 
 from detection.types import DetectionResult
 from poisonscan.bench import Runner, Scored, local_runner, run_bench
-from poisonscan.bench.api import ApiRunner, scores_from_csv
+from poisonscan.bench.api import ApiRunner
 from poisonscan.cli.scan import write_scores
+from poisonscan.client import read_table
 from service.config import Settings
 from service.main import create_app
 from worker import jobs
@@ -55,12 +56,12 @@ def test_cli_and_service_csv_exports_read_the_same(tmp_path: Path) -> None:
 
     write_scores(path, DetectionResult(scores=scores, flags=flags))
     table = pacsv.read_csv(path)
-    read_scores, read_flags = scores_from_csv(path.read_bytes())
+    read = read_table(path.read_bytes(), "csv")
 
     assert table.column_names == ["sample_index", "score", "flagged", "rank"]
     assert str(table["flagged"].type) == "bool"
     assert b"true" in path.read_bytes() and b"false" in path.read_bytes()
-    np.testing.assert_array_equal(read_flags, flags)
-    np.testing.assert_allclose(read_scores, scores)
+    np.testing.assert_array_equal(read["flagged"].to_numpy(zero_copy_only=False), flags)
+    np.testing.assert_allclose(read["score"].to_numpy(), scores)
     with pytest.raises(ValueError, match="true/false"):
-        scores_from_csv(b"sample_index,score,flagged,rank\n0,1.0,1,1\n")
+        read_table(b"sample_index,score,flagged,rank\n0,1.0,1,1\n", "csv")
