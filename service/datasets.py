@@ -68,7 +68,9 @@ def create(
     fields = _dataset_fields(name or filename or staged.sha256[:12], staged, loaded, uri)
     try:
         with session.begin_nested():
-            return Created(repo.create_dataset(session, **fields), created=True)
+            dataset = repo.create_dataset(session, **fields)
+            repo.create_dataset_samples(session, dataset.id, loaded.sources or [])
+            return Created(dataset, created=True)
     except IntegrityError:
         # A concurrent upload of the same bytes won; its row owns the same file.
         return Created(_existing_or_conflict(session, staged.sha256), created=False)
@@ -104,6 +106,7 @@ def _dataset_fields(
         "sample_shape": [int(d) for d in loaded.sample_shape],
         "n_classes": int(loaded.n_classes),
         "class_counts": [int(c) for c in loaded.class_counts()],
+        "class_names": loaded.class_names,
         "storage_uri": uri,
     }
 

@@ -91,8 +91,21 @@ class Dataset(Base):
     sample_shape: Mapped[list[int]] = mapped_column(JSONType)
     n_classes: Mapped[int] = mapped_column(Integer)
     class_counts: Mapped[list[int]] = mapped_column(JSONType)
+    class_names: Mapped[list[str] | None] = mapped_column(JSONType)
     storage_uri: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetSample(Base):
+    """Where sample ``sample_index`` of an archive dataset came from (its path inside)."""
+
+    __tablename__ = "dataset_sample"
+
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("dataset.id", ondelete="CASCADE"), primary_key=True
+    )
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    source: Mapped[str] = mapped_column(String(1024))
 
 
 class Job(Base):

@@ -49,6 +49,9 @@ class DatasetRead(ReadModel):
     sample_shape: list[int]
     n_classes: int
     class_counts: list[int]
+    class_names: list[str] | None = Field(
+        None, description="class_names[c] names label c (ImageFolder folders, string labels)."
+    )
     created_at: datetime
 
 
@@ -147,7 +150,8 @@ class ScoreRead(ReadModel):
     sample_index: int
     score: float
     flagged: bool
-    rank: int
+    rank: int = Field(description="1 = most suspicious.")
+    source: str = Field(description="Where the sample came from: its archive path, or row index.")
 
 
 class ScorePage(BaseModel):

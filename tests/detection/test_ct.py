@@ -147,12 +147,16 @@ def test_stratified_reserve_draws_from_the_loss_band_with_class_shares() -> None
     losses = np.random.default_rng(1).uniform(1.0, 2.0, size=1000)
     losses[:60] = 0.01  # learned "poisons": lowest tail of class 0
     losses[60:120] = 9.0  # not yet learned "poisons": highest tail of class 0
-    idx, n_outside = stratified_reserve(labels, losses, 100, 3, np.random.default_rng(0), (0.25, 0.75))
+    idx, n_outside = stratified_reserve(
+        labels, losses, 100, 3, np.random.default_rng(0), (0.25, 0.75)
+    )
     assert np.unique(idx).size == idx.size == 100 and n_outside == 0
     assert not np.isin(np.arange(120), idx).any()
     assert np.array_equal(np.bincount(labels[idx], minlength=3), [60, 30, 10])
     # A band narrower than the share: the samples nearest the class median fill it.
-    idx, n_outside = stratified_reserve(labels, losses, 500, 3, np.random.default_rng(0), (0.45, 0.55))
+    idx, n_outside = stratified_reserve(
+        labels, losses, 500, 3, np.random.default_rng(0), (0.45, 0.55)
+    )
     assert n_outside > 0 and not np.isin(np.arange(120), idx).any()
 
 

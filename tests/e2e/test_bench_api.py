@@ -58,7 +58,7 @@ def test_cli_and_service_csv_exports_read_the_same(tmp_path: Path) -> None:
     table = pacsv.read_csv(path)
     read = read_table(path.read_bytes(), "csv")
 
-    assert table.column_names == ["sample_index", "score", "flagged", "rank"]
+    assert table.column_names == ["sample_index", "score", "flagged", "rank", "source"]
     assert str(table["flagged"].type) == "bool"
     assert b"true" in path.read_bytes() and b"false" in path.read_bytes()
     np.testing.assert_array_equal(read["flagged"].to_numpy(zero_copy_only=False), flags)

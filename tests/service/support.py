@@ -189,3 +189,27 @@ def upload(
 def stored_files(settings: Settings) -> list[Path]:
     """Every regular file under the storage root (temp files included)."""
     return sorted(p for p in settings.storage_root.rglob("*") if p.is_file())
+
+
+def image_zip(n_per_class: int = 4, classes: tuple[str, ...] = ("cat", "dog")) -> bytes:
+    """An ImageFolder zip ``imgs/<class>/<i>.png`` of 8x8 grey PNGs, classes in archive order."""
+    import zipfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in classes:
+            for i in range(n_per_class):
+                png = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(png, "PNG")
+                zf.writestr(f"imgs/{name}/{i:03d}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def zip_members(data: bytes) -> list[str]:
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return [n for n in zf.namelist() if not n.endswith("/")]
