@@ -82,9 +82,12 @@ class Job(_Read):
     params: dict[str, Any] = {}
     summary: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    metadata: dict[str, str] = {}
     created_at: datetime | None = None
     started_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
     finished_at: datetime | None = None
+    eta_seconds: float | None = None
 
     @property
     def finished(self) -> bool:

@@ -68,6 +68,19 @@ def create_dataset_samples(session: Session, dataset_id: str, sources: Sequence[
         session.execute(insert(DatasetSample), rows)
 
 
+def count_jobs_using_dataset(session: Session, dataset_id: str) -> int:
+    stmt = select(func.count()).select_from(Job)
+    stmt = stmt.where((Job.dataset_id == dataset_id) | (Job.clean_dataset_id == dataset_id))
+    return session.scalar(stmt) or 0
+
+
+def delete_dataset(session: Session, dataset: Dataset) -> None:
+    """Delete the row (its ``dataset_sample`` rows cascade)."""
+    session.execute(delete(DatasetSample).where(DatasetSample.dataset_id == dataset.id))
+    session.delete(dataset)
+    session.flush()
+
+
 def list_datasets(session: Session, limit: int, offset: int) -> tuple[Sequence[Dataset], int]:
     total = session.scalar(select(func.count()).select_from(Dataset)) or 0
     stmt = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit)
@@ -184,6 +197,7 @@ def request_cancel(session: Session, job: Job) -> Job:
     if state in FINISHED_STATES:
         raise InvalidTransition(f"job {job.id} already {state.value}")
     now: datetime = utcnow()
+    job.cancel_requested_at = now
     if state is JobState.queued:
         job.state, job.finished_at = JobState.cancelled.value, now
     else:
@@ -191,6 +205,13 @@ def request_cancel(session: Session, job: Job) -> Job:
     job.updated_at = now
     session.flush()
     return job
+
+
+def delete_job(session: Session, job: Job) -> None:
+    """Delete the job and its scores."""
+    session.execute(delete(SampleScore).where(SampleScore.job_id == job.id))
+    session.delete(job)
+    session.flush()
 
 
 def get_job_state(session: Session, job_id: str) -> str | None:

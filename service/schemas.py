@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.models import JobState
 
 ScoreOrder = Literal["score_desc", "index"]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+Metadata = dict[MetadataKey, MetadataValue]
 
 
 class ProblemError(BaseModel):
@@ -76,6 +79,11 @@ class JobCreate(BaseModel):
     ground_truth_cover_indices: list[int] | None = Field(
         None, description="Known cover (regularisation) samples, kept apart in metrics."
     )
+    metadata: Metadata = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Your tags: at most 32 string pairs (keys up to 64, values up to 512 chars).",
+    )
 
 
 class ClassSummaryRead(BaseModel):
@@ -133,10 +141,15 @@ class JobRead(ReadModel):
     has_ground_truth: bool
     code_version: str
     attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    metadata: Metadata = Field(validation_alias="job_metadata")
+    created_at: datetime = Field(description="When it was queued.")
+    started_at: datetime | None = Field(description="When it last started running.")
+    cancel_requested_at: datetime | None = Field(description="When a cancel was asked for.")
+    finished_at: datetime | None = Field(description="When it succeeded, failed or was cancelled.")
     updated_at: datetime
+    eta_seconds: float | None = Field(
+        description="Seconds left while running, extrapolated from progress (null otherwise)."
+    )
 
 
 class JobPage(BaseModel):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from service import datasets
-from service.api.deps import SessionDep, StorageDep
+from service.api.deps import IdempotencyKey, SessionDep, StorageDep
 from service.api.responses import problems
 from service.models import Dataset
 from service.schemas import DatasetPage, DatasetRead
@@ -30,9 +30,12 @@ def create_dataset(
     response: Response,
     file: Annotated[UploadFile, File(description="npz, ImageFolder zip/tar, parquet or csv")],
     name: Annotated[str | None, Form(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Dataset:
     """Upload a dataset (201); the same bytes return the existing dataset (200)."""
-    stored = datasets.create(session, storage, file.file, filename=file.filename, name=name)
+    stored = datasets.create(
+        session, storage, file.file, file.filename, name, idempotency_key=idempotency_key
+    )
     if not stored.created:
         response.status_code = 200
     response.headers["Location"] = f"/datasets/{stored.dataset.id}"
@@ -58,3 +61,10 @@ def list_datasets(
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=problems(404))
 def get_dataset(session: SessionDep, dataset_id: str) -> Dataset:
     return datasets.get(session, dataset_id)
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=problems(404, 409))
+def delete_dataset(session: SessionDep, storage: StorageDep, dataset_id: str) -> Response:
+    """Delete a dataset and its file (409 while a job uses it: delete the jobs first)."""
+    datasets.delete(session, storage, dataset_id)
+    return Response(status_code=204)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response
 
 from service import jobs
 from service import repository as repo
-from service.api.deps import QueueDep, SessionDep
+from service.api.deps import IdempotencyKey, QueueDep, SessionDep, StorageDep
 from service.api.responses import problems
 from service.models import Job, JobState
 from service.schemas import JobCreate, JobPage, JobRead
@@ -23,10 +23,16 @@ CANCEL_RESPONSES = {
 }
 
 
-@router.post("", response_model=JobRead, status_code=202, responses=problems(404, 422, 503))
-def create_job(body: JobCreate, session: SessionDep, queue: QueueDep, response: Response) -> Job:
+@router.post("", response_model=JobRead, status_code=202, responses=problems(404, 409, 422, 503))
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    queue: QueueDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Job:
     """Validate, store (state ``queued``), commit, then enqueue."""
-    job = jobs.create(session, queue, body)
+    job = jobs.create(session, queue, body, idempotency_key)
     response.headers["Location"] = f"/jobs/{job.id}"
     return job
 
@@ -61,7 +67,8 @@ def cancel_job(session: SessionDep, job_id: str, response: Response) -> Job:
     return job
 
 
-@router.delete("/{job_id}", response_model=JobRead, responses=CANCEL_RESPONSES, deprecated=True)
-def cancel_job_by_delete(session: SessionDep, job_id: str, response: Response) -> Job:
-    """Deprecated alias of ``POST /jobs/{job_id}/cancel``."""
-    return cancel_job(session, job_id, response)
+@router.delete("/{job_id}", status_code=204, responses=problems(404, 409))
+def delete_job(session: SessionDep, storage: StorageDep, job_id: str) -> Response:
+    """Delete a finished job and its scores (409 while it is queued or running: cancel it)."""
+    jobs.delete(session, storage, job_id)
+    return Response(status_code=204)

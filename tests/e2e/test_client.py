@@ -49,7 +49,20 @@ def test_sync_client_uploads_runs_waits_and_reads_scores(
         dataset = ps.upload(path, name="digits", progress=lambda s, t: sent.append((s, t)))
         again = ps.upload(data, filename="same.npz")
         job = ps.submit(
-            dataset.id, "ss", SS, ground_truth_poison_indices=planted.poison_indices.tolist()
+            dataset.id,
+            "ss",
+            SS,
+            idempotency_key="bench-1",
+            metadata={"team": "e2e"},
+            ground_truth_poison_indices=planted.poison_indices.tolist(),
+        )
+        replay = ps.submit(
+            dataset.id,
+            "ss",
+            SS,
+            idempotency_key="bench-1",
+            metadata={"team": "e2e"},
+            ground_truth_poison_indices=planted.poison_indices.tolist(),
         )
         done = ps.wait(
             job.id, timeout=180, interval=0.2, on_update=lambda j: updates.append(j.state)
@@ -62,11 +75,18 @@ def test_sync_client_uploads_runs_waits_and_reads_scores(
             ps.submit(dataset.id, "nope")
         with pytest.raises(ApiError) as missing:
             ps.job("missing")
+        with pytest.raises(ApiError) as in_use:
+            ps.delete_dataset(dataset.id)
+        ps.delete_job(done.id)
+        ps.delete_dataset(dataset.id)
+        with pytest.raises(ApiError) as gone:
+            ps.dataset(dataset.id)
 
     assert (dataset.name, dataset.n_samples, again.id) == ("digits", N, dataset.id)
     assert sent[-1] == (len(data), len(data))
     assert [s for s, _ in sent] == sorted(s for s, _ in sent)
-    assert job.state == "queued"
+    assert job.state == "queued" and replay.id == job.id
+    assert done.metadata == {"team": "e2e"}
     assert done.state == "succeeded", done.error
     assert updates[-1] == "succeeded" and len(updates) >= 2
     assert done.metrics is not None and done.metrics["tpr"] >= 0.5
@@ -77,6 +97,7 @@ def test_sync_client_uploads_runs_waits_and_reads_scores(
     assert frame["flagged"].dtype == bool and int(frame["flagged"].sum()) == len(flagged)
     assert bad.value.status == 422 and bad.value.errors[0]["loc"] == ["body", "method"]
     assert missing.value.status == 404
+    assert (in_use.value.status, gone.value.status) == (409, 404)
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""api: sample identity (dataset.class_names, dataset_sample)
+"""api: sample identity, job metadata and cancel time, idempotency keys
 
 Revision ID: 0002_api
 Revises: 0001
@@ -17,6 +17,10 @@ revision: str = "0002_api"
 down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+
+def timestamp() -> sa.DateTime:
+    return sa.DateTime(timezone=True)
 
 
 def json_type() -> sa.types.TypeEngine[object]:
@@ -39,9 +43,30 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("dataset_id", "sample_index", name=op.f("pk_dataset_sample")),
     )
+    with op.batch_alter_table("job") as batch:
+        batch.add_column(
+            sa.Column("metadata", json_type(), nullable=False, server_default=sa.text("'{}'"))
+        )
+        batch.add_column(sa.Column("cancel_requested_at", timestamp(), nullable=True))
+    with op.batch_alter_table("job") as batch:
+        batch.alter_column("metadata", server_default=None)
+    op.create_table(
+        "idempotency_record",
+        sa.Column("scope", sa.String(length=32), nullable=False),
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("status_code", sa.Integer(), nullable=False),
+        sa.Column("resource_id", sa.String(length=36), nullable=False),
+        sa.Column("created_at", timestamp(), nullable=False),
+        sa.PrimaryKeyConstraint("scope", "key", name=op.f("pk_idempotency_record")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("idempotency_record")
+    with op.batch_alter_table("job") as batch:
+        batch.drop_column("cancel_requested_at")
+        batch.drop_column("metadata")
     op.drop_table("dataset_sample")
     with op.batch_alter_table("dataset") as batch:
         batch.drop_column("class_names")
