@@ -9,7 +9,7 @@ the job row must exist before its message can reach a worker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -127,8 +127,33 @@ def validate_params(method: str, params: dict[str, Any]) -> Params:
         raise InvalidInput(f"invalid params for method {method!r}", errors) from None
 
 
+FEATURE_ARCHS = frozenset({"auto", "mlp"})
+
+
+def _image_archs(
+    params: Any, loc: tuple[str, ...] = ("body", "params")
+) -> Iterator[list[str | int]]:
+    """The ``loc`` of every ``arch`` field (nested too) that names an image network."""
+    if not isinstance(params, dict):
+        return
+    for key, value in params.items():
+        if key == "arch" and isinstance(value, str) and value not in FEATURE_ARCHS:
+            yield [*loc, key]
+        else:
+            yield from _image_archs(value, (*loc, key))
+
+
 def check_inputs(method: str, params: Params, dataset: Dataset, clean: Dataset | None) -> None:
     """Refuse inputs the params cannot run with, before anything is stored."""
+    if len(dataset.sample_shape) == 1:
+        errors = [
+            field_error(
+                loc, "an image network cannot run on feature vectors; use mlp or auto", "arch"
+            )
+            for loc in _image_archs(params.model_dump(mode="json"))
+        ]
+        if errors:
+            raise InvalidInput(f"dataset {dataset.id} holds feature vectors, not images", errors)
     if clean is None and requires_clean_reserve(params):
         msg = f"these params of method {method!r} need a clean reserve: give clean_dataset_id"
         raise InvalidInput(msg, [field_error(["body", "clean_dataset_id"], msg, "missing")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -196,3 +197,24 @@ def test_methods_lists_registered_detectors_with_schemas(client: TestClient) -> 
     assert {"ss", "ac", "ct"} <= set(methods)
     assert "Tran" in methods["ss"]["description"]
     assert "budget" in methods["ss"]["params"]["properties"]
+
+
+def test_image_networks_are_refused_on_feature_data(
+    client: TestClient, tmp_path: Path, queue_size: QueueSize
+) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    features = upload(client, npz_bytes(x, np.arange(60) % 3, tmp_path)).json()["id"]
+
+    nested = post_job(client, features, params={"base_model": {"arch": "small_cnn"}})
+    top = client.post(
+        "/jobs", json={"dataset_id": features, "method": "ct", "params": {"arch": "resnet18"}}
+    )
+    fine = post_job(client, features, params={"base_model": {"arch": "mlp"}})
+
+    assert nested.status_code == top.status_code == 422
+    assert nested.headers["content-type"] == PROBLEM
+    assert nested.json()["errors"][0]["loc"] == ["body", "params", "base_model", "arch"]
+    assert top.json()["errors"][0]["loc"] == ["body", "params", "arch"]
+    assert fine.status_code == 202
+    assert queue_size("gpu") == 1
