@@ -69,6 +69,8 @@ class Dataset(_Read):
     n_classes: int
     sample_shape: list[int]
     class_counts: list[int]
+    class_names: list[str] | None = None
+    source_uri: str | None = None
 
 
 class Job(_Read):
@@ -248,6 +250,16 @@ class Client:
                 fh.close()
         return Dataset.model_validate(resp.json())
 
+    def import_dataset(
+        self, uri: str, *, name: str | None = None, idempotency_key: str | None = None
+    ) -> Dataset:
+        """Have the server copy a dataset from s3://, https:// or an allowed file:// path."""
+        body = {"uri": uri} | ({"name": name} if name else {})
+        resp = self._call(
+            "POST", "/datasets/import", json=body, headers=key_header(idempotency_key)
+        )
+        return Dataset.model_validate(resp.json())
+
     def dataset(self, dataset_id: str) -> Dataset:
         return Dataset.model_validate(self._call("GET", f"/datasets/{dataset_id}").json())
 
@@ -420,6 +432,14 @@ class AsyncClient:
             data={"name": name} if name else None,
             headers=key_header(idempotency_key),
         )
+        return Dataset.model_validate(resp.json())
+
+    async def import_dataset(
+        self, uri: str, *, name: str | None = None, idempotency_key: str | None = None
+    ) -> Dataset:
+        body = {"uri": uri} | ({"name": name} if name else {})
+        headers = key_header(idempotency_key)
+        resp = await self._call("POST", "/datasets/import", json=body, headers=headers)
         return Dataset.model_validate(resp.json())
 
     async def dataset(self, dataset_id: str) -> Dataset:

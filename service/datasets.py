@@ -1,6 +1,7 @@
 """Datasets: content-addressed files validated by ``detection.readers``, one row each.
 
-Service vocabulary: :func:`get`, :func:`list_page`, :func:`create`, :func:`delete`. Functions
+Service vocabulary: :func:`get`, :func:`list_page`, :func:`create`,
+:func:`create_from_reference`, :func:`delete`. Functions
 take the session first, raise :mod:`service.errors` domain errors and never
 speak HTTP; the request boundary commits.
 """
@@ -16,8 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from detection.readers import DatasetFormatError, LoadedDataset, read_dataset
-from service import idempotency
+from service import idempotency, references
 from service import repository as repo
+from service.config import Settings
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge
 from service.idempotency import IdempotentRequest
 from service.models import Dataset
@@ -59,6 +61,7 @@ def create(
     filename: str | None = None,
     name: str | None = None,
     idempotency_key: str | None = None,
+    source_uri: str | None = None,
 ) -> Created:
     """Store ``source`` under its sha256 after validating it; the same bytes return the first.
 
@@ -78,17 +81,34 @@ def create(
     if record is not None:
         storage.discard(staged)
         return Created(get(session, record.resource_id), created=record.status_code == 201)
-    stored = _store(session, storage, staged, filename, name)
+    stored = _store(session, storage, staged, name or filename, source_uri)
     idempotency.remember(session, request, 201 if stored.created else 200, stored.dataset.id)
     return stored
+
+
+def create_from_reference(
+    session: Session,
+    storage: LocalStorage,
+    settings: Settings,
+    uri: str,
+    name: str | None = None,
+    idempotency_key: str | None = None,
+) -> Created:
+    """Copy the dataset at ``uri`` into storage with the checks of an upload (size first)."""
+    ref = references.resolve(uri, settings)
+    size = references.size(ref)
+    if size is not None and size > storage.max_upload_bytes:
+        raise TooLarge(f"{uri} holds {size} bytes; the limit is {storage.max_upload_bytes}")
+    with references.open_reference(ref) as fh:
+        return create(session, storage, fh, ref.filename, name, idempotency_key, source_uri=uri)
 
 
 def _store(
     session: Session,
     storage: LocalStorage,
     staged: StagedFile,
-    filename: str | None,
     name: str | None,
+    source_uri: str | None,
 ) -> Created:
     existing = repo.get_dataset_by_sha256(session, staged.sha256)
     if existing is not None:
@@ -96,7 +116,8 @@ def _store(
         return Created(existing, created=False)
     loaded = _validate(storage, staged)
     uri = storage.commit(staged, loaded.format)
-    fields = _dataset_fields(name or filename or staged.sha256[:12], staged, loaded, uri)
+    fields = _dataset_fields(name or staged.sha256[:12], staged, loaded, uri)
+    fields["source_uri"] = source_uri
     try:
         with session.begin_nested():
             dataset = repo.create_dataset(session, **fields)

@@ -93,6 +93,7 @@ class Dataset(Base):
     class_counts: Mapped[list[int]] = mapped_column(JSONType)
     class_names: Mapped[list[str] | None] = mapped_column(JSONType)
     storage_uri: Mapped[str] = mapped_column(String(512))
+    source_uri: Mapped[str | None] = mapped_column(String(2048))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

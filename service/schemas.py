@@ -55,7 +55,17 @@ class DatasetRead(ReadModel):
     class_names: list[str] | None = Field(
         None, description="class_names[c] names label c (ImageFolder folders, string labels)."
     )
+    source_uri: str | None = Field(None, description="The reference it was imported from.")
     created_at: datetime
+
+
+class DatasetImport(BaseModel):
+    """A dataset by reference: s3://bucket/key, https://..., file:// under an allowed root."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(min_length=1, max_length=2048)
+    name: str | None = Field(None, max_length=255)
 
 
 class DatasetPage(BaseModel):

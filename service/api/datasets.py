@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from service import datasets
-from service.api.deps import IdempotencyKey, SessionDep, StorageDep
+from service.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep
 from service.api.responses import problems
 from service.models import Dataset
-from service.schemas import DatasetPage, DatasetRead
+from service.schemas import DatasetImport, DatasetPage, DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 REUPLOAD: dict[int | str, dict[str, Any]] = {
@@ -35,6 +35,31 @@ def create_dataset(
     """Upload a dataset (201); the same bytes return the existing dataset (200)."""
     stored = datasets.create(
         session, storage, file.file, file.filename, name, idempotency_key=idempotency_key
+    )
+    if not stored.created:
+        response.status_code = 200
+    response.headers["Location"] = f"/datasets/{stored.dataset.id}"
+    return stored.dataset
+
+
+@router.post(
+    "/import",
+    response_model=DatasetRead,
+    status_code=201,
+    responses={**REUPLOAD, **problems(409, 413, 422)},
+)
+def import_dataset(
+    body: DatasetImport,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Dataset:
+    """Copy a dataset from s3://, https:// or file:// (under an allowed root) and check it
+    like an upload (201); bytes stored before return that dataset (200)."""
+    stored = datasets.create_from_reference(
+        session, storage, settings, body.uri, body.name, idempotency_key
     )
     if not stored.created:
         response.status_code = 200

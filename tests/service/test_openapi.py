@@ -13,6 +13,7 @@ from service.models import JobState
 PROBLEM = "application/problem+json"
 OPERATIONS = {
     "create_dataset",
+    "import_dataset",
     "list_datasets",
     "get_dataset",
     "create_job",

@@ -1,4 +1,4 @@
-"""api: sample identity, job metadata and cancel time, idempotency keys
+"""api: sample identity, dataset references, job metadata and cancel time, idempotency keys
 
 Revision ID: 0002_api
 Revises: 0001
@@ -30,6 +30,7 @@ def json_type() -> sa.types.TypeEngine[object]:
 def upgrade() -> None:
     with op.batch_alter_table("dataset") as batch:
         batch.add_column(sa.Column("class_names", json_type(), nullable=True))
+        batch.add_column(sa.Column("source_uri", sa.String(length=2048), nullable=True))
     op.create_table(
         "dataset_sample",
         sa.Column("dataset_id", sa.String(length=36), nullable=False),
@@ -69,4 +70,5 @@ def downgrade() -> None:
         batch.drop_column("metadata")
     op.drop_table("dataset_sample")
     with op.batch_alter_table("dataset") as batch:
+        batch.drop_column("source_uri")
         batch.drop_column("class_names")
