@@ -23,7 +23,9 @@ CANCEL_RESPONSES = {
 }
 
 
-@router.post("", response_model=JobRead, status_code=202, responses=problems(404, 409, 422, 503))
+@router.post(
+    "", response_model=JobRead, status_code=202, responses=problems(404, 409, 413, 422, 503)
+)
 def create_job(
     body: JobCreate,
     session: SessionDep,
