@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="An S3-compatible endpoint for s3:// references (MinIO, ...)."
     )
+    reference_ca_bundle: Path | None = Field(
+        None, description="CA certificates (PEM) that https:// references are verified with."
+    )
 
     @model_validator(mode="after")
     def _fill_defaults_and_refuse_unsafe(self) -> Self:

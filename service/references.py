@@ -9,6 +9,7 @@ go through the same staging, size limit and format checks as an upload.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +57,14 @@ def resolve(uri: str, settings: Settings) -> Reference:
             options["client_kwargs"] = {"endpoint_url": settings.s3_endpoint_url}
         fs = fsspec.filesystem("s3", skip_instance_cache=True, **options)
         return Reference(uri, fs, f"{parts.netloc}{parts.path}", filename)
-    return Reference(uri, fsspec.filesystem("https"), uri, filename)
+    return Reference(uri, _https(settings), uri, filename)
+
+
+def _https(settings: Settings) -> AbstractFileSystem:
+    options: dict[str, Any] = {}
+    if settings.reference_ca_bundle is not None:
+        options["ssl"] = ssl.create_default_context(cafile=str(settings.reference_ca_bundle))
+    return fsspec.filesystem("https", skip_instance_cache=True, **options)
 
 
 def _local(uri: str, host: str, path: str, settings: Settings) -> Reference:
@@ -75,7 +83,7 @@ def size(ref: Reference) -> int | None:
         info = ref.fs.info(ref.path)
     except FileNotFoundError:
         raise refuse(f"{ref.uri!r} does not exist") from None
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # each store raises its own (aiohttp, botocore, OSError)
         raise refuse(f"{ref.uri!r} cannot be read: {type(exc).__name__}") from None
     if info.get("type") not in (None, "file"):
         raise refuse(f"{ref.uri!r} is not a file")

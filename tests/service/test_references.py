@@ -106,3 +106,53 @@ def test_other_schemes_and_malformed_references_are_refused(api: TestClient, uri
 
     assert resp.status_code == 422
     assert resp.json()["errors"][0]["loc"] == ["body", "uri"]
+
+
+@pytest.fixture
+def https_root(tmp_path: Path) -> Iterator[tuple[str, Path, Path]]:
+    """A TLS file server on 127.0.0.1 (a test CA); yields its URL, its root and the CA file."""
+    import functools
+    import http.server
+    import ssl
+    import threading
+
+    import trustme
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    served = tmp_path / "www"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", served, ca_file
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_reference_is_verified_and_copied(
+    settings: Settings, https_root: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    url, served, ca_file = https_root
+    data = npz_bytes(*tiny_images(n=45, seed=7), tmp_path)
+    (served / "set.npz").write_bytes(data)
+    trusted = settings.model_copy(update={"reference_ca_bundle": ca_file})
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as untrusting:
+        refused = untrusting.post("/datasets/import", json={"uri": f"{url}/set.npz"})
+    with TestClient(create_app(trusted), raise_server_exceptions=False) as api:
+        ok = api.post("/datasets/import", json={"uri": f"{url}/set.npz"})
+        missing = api.post("/datasets/import", json={"uri": f"{url}/nope.npz"})
+
+    assert refused.status_code == 422  # the test CA is not trusted by default
+    assert ok.status_code == 201, ok.text
+    assert (ok.json()["n_samples"], ok.json()["source_uri"]) == (45, f"{url}/set.npz")
+    assert missing.status_code == 422
+    assert rows(settings) == 1
