@@ -418,20 +418,17 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> Dataset:
         fh, fname, owned = open_source(source, filename)
-        try:
-            # httpx streams a multipart body from a sync file; read it into memory first.
-            data = fh.read()
+        try:  # httpx streams the multipart body from the (blocking) file in chunks
+            resp = await self._call(
+                "POST",
+                "/datasets",
+                files=upload_files(fh, fname, progress),
+                data={"name": name} if name else None,
+                headers=key_header(idempotency_key),
+            )
         finally:
             if owned:
                 fh.close()
-        files = upload_files(io.BytesIO(data), fname, progress)
-        resp = await self._call(
-            "POST",
-            "/datasets",
-            files=files,
-            data={"name": name} if name else None,
-            headers=key_header(idempotency_key),
-        )
         return Dataset.model_validate(resp.json())
 
     async def import_dataset(

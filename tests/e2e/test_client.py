@@ -106,9 +106,13 @@ def test_async_client_runs_the_same_flow_and_cancels(
 ) -> None:
     data = npz_bytes(planted.x, planted.labels, tmp_path)
 
+    sent: list[int] = []
+
     async def flow() -> tuple[Job, list[dict[str, object]], Job]:
         async with AsyncClient(server) as ps:
-            dataset = await ps.upload(data, filename="digits.npz")
+            dataset = await ps.upload(
+                data, filename="digits.npz", progress=lambda s, t: sent.append(s)
+            )
             job = await ps.submit(dataset.id, "ss", SS, seed=1)
             done = await ps.wait(job.id, timeout=180, interval=0.2, check=True)
             rows = [row async for row in ps.iter_scores(done.id, order="index", page_size=256)]
@@ -119,5 +123,6 @@ def test_async_client_runs_the_same_flow_and_cancels(
     done, rows, cancelled = asyncio.run(flow())
 
     assert done.state == "succeeded"
+    assert sent[-1] == len(data)
     assert [r["sample_index"] for r in rows] == list(range(N))
     assert cancelled.state == "cancelled"

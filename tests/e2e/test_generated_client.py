@@ -55,7 +55,7 @@ def test_a_generated_client_uploads_runs_polls_and_pages(
         generate(url, tmp_path)
         from poisonscan_generated import Client
         from poisonscan_generated.api.datasets import create_dataset
-        from poisonscan_generated.api.jobs import create_job, get_job
+        from poisonscan_generated.api.jobs import create_job, delete_job, get_job
         from poisonscan_generated.api.scores import export_scores_parquet, list_scores
         from poisonscan_generated.models import (
             BodyCreateDataset,
@@ -76,7 +76,8 @@ def test_a_generated_client_uploads_runs_polls_and_pages(
         )
         params = SpectralParams.from_dict({"budget": 0.2, "base_model": {"epochs": 2}})
         body = JobCreate(dataset_id=created.parsed.id, method="ss", params=params)
-        posted = create_job.sync_detailed(client=client, body=body)
+        posted = create_job.sync_detailed(client=client, body=body, idempotency_key="gen-1")
+        replayed = create_job.sync_detailed(client=client, body=body, idempotency_key="gen-1")
         job_id = posted.parsed.id
         job = get_job.sync(job_id, client=client)
         deadline = time.monotonic() + 120
@@ -91,10 +92,13 @@ def test_a_generated_client_uploads_runs_polls_and_pages(
             client=client, body=JobCreate(dataset_id=created.parsed.id, method="nope")
         )
         parquet = export_scores_parquet.sync_detailed(job_id, client=client)
+        deleted = delete_job.sync_detailed(job_id, client=client)
+        gone = get_job.sync_detailed(job_id, client=client)
 
     assert (created.status_code, again.status_code) == (201, 200)
     assert again.parsed.id == created.parsed.id
     assert posted.status_code == 202 and posted.parsed.state == JobState.QUEUED
+    assert replayed.parsed.id == job_id
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.summary.n_samples == 600
     assert isinstance(first, ScorePage) and len(first.items) == 50
@@ -104,3 +108,4 @@ def test_a_generated_client_uploads_runs_polls_and_pages(
         assert isinstance(resp.parsed, Problem) and resp.parsed.status == status
     assert too_many.parsed.errors[0].loc == ["query", "limit"]
     assert parquet.status_code == 200 and parquet.content[:4] == b"PAR1"
+    assert (deleted.status_code, gone.status_code) == (204, 404)
