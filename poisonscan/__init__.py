@@ -1,1 +1,4 @@
-"""The application without a server: the CLI, the bench, the demo (and soon the HTTP client)."""
+"""The application without a server: the CLI, the bench, the demo and the HTTP client.
+
+The client (:mod:`poisonscan.client`) installs with the ``client`` extra alone.
+"""

@@ -13,15 +13,14 @@ import argparse
 import os
 import shutil
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from detection.attacks import plant
 from detection.datasets import load_source, split_reserve
 from detection.readers import write_npz
+from poisonscan.client import Client, Job
 from poisonscan.runtime import free_port, migrate, running_api, running_worker
 
 RESERVE_SIZE = 200
@@ -54,57 +53,37 @@ def make_poisoned_files(args: argparse.Namespace, out_dir: Path) -> dict[str, An
     }
 
 
-def upload(client: httpx.Client, path: Path) -> str:
-    with path.open("rb") as fh:
-        resp = client.post("/datasets", files={"file": (path.name, fh)}, data={"name": path.stem})
-    resp.raise_for_status()
-    dataset_id: str = resp.json()["id"]
-    return dataset_id
-
-
-def submit(client: httpx.Client, body: dict[str, Any]) -> str:
-    resp = client.post("/jobs", json=body)
-    if resp.status_code != 202:
-        raise RuntimeError(f"POST /jobs failed: {resp.status_code} {resp.text}")
-    job_id: str = resp.json()["id"]
-    return job_id
-
-
-def poll(client: httpx.Client, job_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+def show_progress() -> Callable[[Job], None]:
+    """An ``on_update`` for :meth:`Client.wait` that prints each new state/stage line."""
     last = ""
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/jobs/{job_id}").raise_for_status().json()
-        line = f"  {job['method']:8s} {job['state']:10s} {job.get('stage') or '':32s} "
-        line += f"{100 * (job.get('progress') or 0):5.1f}%"
+
+    def show(job: Job) -> None:
+        nonlocal last
+        line = f"  {job.method:8s} {job.state:10s} {job.stage or '':32s} {100 * job.progress:5.1f}%"
         if line != last:
             print(line, flush=True)
             last = line
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(1.0)
-    raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f} s")
+
+    return show
 
 
-def seconds(job: dict[str, Any]) -> float:
-    from datetime import datetime
-
-    if not job.get("started_at") or not job.get("finished_at"):
+def seconds(job: Job) -> float:
+    if job.started_at is None or job.finished_at is None:
         return float("nan")
-    start = datetime.fromisoformat(job["started_at"])
-    end = datetime.fromisoformat(job["finished_at"])
-    return (end - start).total_seconds()
+    return (job.finished_at - job.started_at).total_seconds()
 
 
-def table(jobs: list[dict[str, Any]]) -> str:
+def table(jobs: list[Job]) -> str:
     head = "| method | state | flagged | TPR | FPR | AUROC | AP | seconds |"
     rows = [head, "|---|---|---|---|---|---|---|---|"]
     for job in jobs:
-        m = job.get("metrics") or {}
-        cells = [f"{m[k]:.3f}" if k in m else "-" for k in ("tpr", "fpr", "auroc", "ap")]
-        flagged = m.get("n_flagged", (job.get("summary") or {}).get("n_flagged", "-"))
+        m = job.metrics or {}
+        cells = [
+            f"{m[k]:.3f}" if m.get(k) is not None else "-" for k in ("tpr", "fpr", "auroc", "ap")
+        ]
+        flagged = m.get("n_flagged", (job.summary or {}).get("n_flagged", "-"))
         rows.append(
-            f"| {job['method']} | {job['state']} | {flagged} | "
+            f"| {job.method} | {job.state} | {flagged} | "
             + " | ".join(cells)
             + f" | {seconds(job):.1f} |"
         )
@@ -123,26 +102,27 @@ def run_demo(args: argparse.Namespace) -> int:
     )
     port = args.port or free_port()
     jobs = []
-    with running_worker(work / "worker.log"), running_api(port) as url:
-        client = httpx.Client(base_url=url, timeout=60)
-        inspected, clean = (
-            upload(client, work / "inspected.npz"),
-            upload(client, work / "clean.npz"),
-        )
+    with (
+        running_worker(work / "worker.log"),
+        running_api(port) as url,
+        Client(url, timeout=60) as client,
+    ):
+        inspected = client.upload(work / "inspected.npz", name="inspected")
+        clean = client.upload(work / "clean.npz", name="clean")
         for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-            body = {
-                "dataset_id": inspected,
-                "clean_dataset_id": clean,
-                "method": method,
-                "params": DEMO_PARAMS.get(method, {}),
-                "seed": args.seed,
-                "ground_truth_poison_indices": truth["poison_indices"],
-                "ground_truth_cover_indices": truth["cover_indices"],
-            }
-            jobs.append(poll(client, submit(client, body), args.timeout))
+            job = client.submit(
+                inspected.id,
+                method,
+                DEMO_PARAMS.get(method, {}),
+                clean_dataset_id=clean.id,
+                seed=args.seed,
+                ground_truth_poison_indices=truth["poison_indices"],
+                ground_truth_cover_indices=truth["cover_indices"],
+            )
+            jobs.append(client.wait(job.id, timeout=args.timeout, on_update=show_progress()))
     print()
     print(table(jobs))
-    ok = all(j["state"] == "succeeded" for j in jobs)
+    ok = all(j.state == "succeeded" for j in jobs)
     if ok:
         shutil.rmtree(work, ignore_errors=True)
     else:

@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(1.0, ge=0.0, le=60.0)
     cancel_poll_interval_s: float = Field(1.0, ge=0.0, le=60.0)
     max_page_size: int = Field(1000, gt=0, le=100_000)
+    reference_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories file:// dataset references may name (JSON list); none: refused.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="An S3-compatible endpoint for s3:// references (MinIO, ...)."
+    )
+    reference_ca_bundle: Path | None = Field(
+        None, description="CA certificates (PEM) that https:// references are verified with."
+    )
 
     @model_validator(mode="after")
     def _fill_defaults_and_refuse_unsafe(self) -> Self:

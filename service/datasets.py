@@ -1,6 +1,7 @@
 """Datasets: content-addressed files validated by ``detection.readers``, one row each.
 
-Service vocabulary: :func:`get`, :func:`list_page`, :func:`create`. Functions
+Service vocabulary: :func:`get`, :func:`list_page`, :func:`create`,
+:func:`create_from_reference`, :func:`delete`. Functions
 take the session first, raise :mod:`service.errors` domain errors and never
 speak HTTP; the request boundary commits.
 """
@@ -16,8 +17,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from detection.readers import DatasetFormatError, LoadedDataset, read_dataset
+from service import idempotency, references
 from service import repository as repo
+from service.config import Settings
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge
+from service.idempotency import IdempotentRequest
 from service.models import Dataset
 from service.storage import LocalStorage, StagedFile, UploadTooLarge
 
@@ -56,22 +60,84 @@ def create(
     source: BinaryIO,
     filename: str | None = None,
     name: str | None = None,
+    idempotency_key: str | None = None,
+    source_uri: str | None = None,
 ) -> Created:
-    """Store ``source`` under its sha256 after validating it; the same bytes return the first."""
+    """Store ``source`` under its sha256 after validating it; the same bytes return the first.
+
+    With ``idempotency_key``, a repeat of the same upload (bytes, name, filename)
+    returns the first outcome; another upload under the key is a :class:`Conflict`.
+    """
     staged = _stage(storage, source, filename)
+    request = None
+    if idempotency_key is not None:
+        body = {"sha256": staged.sha256, "name": name, "filename": filename}
+        request = IdempotentRequest("datasets", idempotency_key, idempotency.fingerprint(body))
+    try:
+        record = idempotency.replayed(session, request)
+    except Conflict:
+        storage.discard(staged)
+        raise
+    if record is not None:
+        storage.discard(staged)
+        return Created(get(session, record.resource_id), created=record.status_code == 201)
+    stored = _store(session, storage, staged, name or filename, source_uri)
+    idempotency.remember(session, request, 201 if stored.created else 200, stored.dataset.id)
+    return stored
+
+
+def create_from_reference(
+    session: Session,
+    storage: LocalStorage,
+    settings: Settings,
+    uri: str,
+    name: str | None = None,
+    idempotency_key: str | None = None,
+) -> Created:
+    """Copy the dataset at ``uri`` into storage with the checks of an upload (size first)."""
+    ref = references.resolve(uri, settings)
+    size = references.size(ref)
+    if size is not None and size > storage.max_upload_bytes:
+        raise TooLarge(f"{uri} holds {size} bytes; the limit is {storage.max_upload_bytes}")
+    with references.open_reference(ref) as fh:
+        return create(session, storage, fh, ref.filename, name, idempotency_key, source_uri=uri)
+
+
+def _store(
+    session: Session,
+    storage: LocalStorage,
+    staged: StagedFile,
+    name: str | None,
+    source_uri: str | None,
+) -> Created:
     existing = repo.get_dataset_by_sha256(session, staged.sha256)
     if existing is not None:
         storage.discard(staged)
         return Created(existing, created=False)
     loaded = _validate(storage, staged)
     uri = storage.commit(staged, loaded.format)
-    fields = _dataset_fields(name or filename or staged.sha256[:12], staged, loaded, uri)
+    fields = _dataset_fields(name or staged.sha256[:12], staged, loaded, uri)
+    fields["source_uri"] = source_uri
     try:
         with session.begin_nested():
-            return Created(repo.create_dataset(session, **fields), created=True)
+            dataset = repo.create_dataset(session, **fields)
+            repo.create_dataset_samples(session, dataset.id, loaded.sources or [])
+            return Created(dataset, created=True)
     except IntegrityError:
         # A concurrent upload of the same bytes won; its row owns the same file.
         return Created(_existing_or_conflict(session, staged.sha256), created=False)
+
+
+def delete(session: Session, storage: LocalStorage, dataset_id: str) -> None:
+    """Delete a dataset no job uses, then its file; :class:`Conflict` while jobs use it."""
+    dataset = get(session, dataset_id)
+    n_jobs = repo.count_jobs_using_dataset(session, dataset_id)
+    if n_jobs:
+        raise Conflict(f"dataset {dataset_id} is used by {n_jobs} job(s); delete them first")
+    uri = dataset.storage_uri
+    repo.delete_dataset(session, dataset)
+    session.commit()  # the row goes first: a file without a row is only garbage
+    storage.delete(uri)
 
 
 def _stage(storage: LocalStorage, source: BinaryIO, filename: str | None) -> StagedFile:
@@ -104,6 +170,7 @@ def _dataset_fields(
         "sample_shape": [int(d) for d in loaded.sample_shape],
         "n_classes": int(loaded.n_classes),
         "class_counts": [int(c) for c in loaded.class_counts()],
+        "class_names": loaded.class_names,
         "storage_uri": uri,
     }
 

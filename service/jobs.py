@@ -1,7 +1,7 @@
 """Jobs: validation against the registry, commit-then-enqueue, cancellation.
 
 Service vocabulary: :func:`get`, :func:`list_page`, :func:`create`,
-:func:`cancel`. Functions take the session first, raise :mod:`service.errors`
+:func:`cancel`, :func:`delete`. Functions take the session first, raise :mod:`service.errors`
 domain errors and never speak HTTP. :func:`create` commits itself, because
 the job row must exist before its message can reach a worker.
 """
@@ -9,7 +9,7 @@ the job row must exist before its message can reach a worker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from detection.registry import DETECTORS, Params, parse_detector_params, requires_clean_reserve
 from detection.version import code_version
-from service import datasets
+from service import datasets, idempotency
 from service import repository as repo
 from service.errors import (
     Conflict,
@@ -28,9 +28,11 @@ from service.errors import (
     field_error,
     validation_errors,
 )
-from service.models import Dataset, Job
+from service.idempotency import IdempotentRequest
+from service.models import FINISHED_STATES, Dataset, Job
 from service.queue import JobQueue
 from service.schemas import JobCreate
+from service.storage import LocalStorage
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +51,26 @@ def list_page(
     return repo.list_jobs(session, filters, limit, offset)
 
 
-def create(session: Session, queue: JobQueue, body: JobCreate) -> Job:
+def create(
+    session: Session, queue: JobQueue, body: JobCreate, idempotency_key: str | None = None
+) -> Job:
     """Validate, store (state ``queued``), commit, then enqueue.
+
+    With ``idempotency_key``, the same body returns the job made first (not
+    enqueued again); another body under the key is a :class:`Conflict`.
 
     Raises :class:`InvalidInput` for an unknown method, bad params, params that
     need a clean reserve without one, a mismatched clean dataset or bad ground
     truth; :class:`NotFound` for a missing dataset; :class:`Unavailable` when the
     queue is down (the stored job is then marked failed).
     """
+    request = None
+    if idempotency_key is not None:
+        fingerprint = idempotency.fingerprint(body.model_dump(mode="json"))
+        request = IdempotentRequest("jobs", idempotency_key, fingerprint)
+    record = idempotency.replayed(session, request)
+    if record is not None:
+        return get(session, record.resource_id)
     params = validate_params(body.method, body.params)
     dataset = datasets.get(session, body.dataset_id)
     clean = None if body.clean_dataset_id is None else datasets.get(session, body.clean_dataset_id)
@@ -70,7 +84,9 @@ def create(session: Session, queue: JobQueue, body: JobCreate) -> Job:
         seed=body.seed,
         ground_truth=ground_truth(body, dataset.n_samples),
         code_version=code_version(),
+        job_metadata=dict(body.metadata),
     )
+    idempotency.remember(session, request, 202, job.id)
     session.commit()
     _enqueue_or_fail(session, queue, job)
     return job
@@ -88,6 +104,16 @@ def cancel(session: Session, job_id: str) -> Job:
         raise Conflict(str(exc)) from None
 
 
+def delete(session: Session, storage: LocalStorage, job_id: str) -> None:
+    """Delete a finished job, its scores and its scratch files; :class:`Conflict` while active."""
+    job = get(session, job_id, for_update=True)
+    if job.state not in FINISHED_STATES:
+        raise Conflict(f"job {job_id} is {job.state}; cancel it first")
+    repo.delete_job(session, job)
+    session.commit()
+    storage.delete_job_scratch(job_id)
+
+
 def validate_params(method: str, params: dict[str, Any]) -> Params:
     """The method's validated params model (defaults filled), or :class:`InvalidInput`."""
     if method not in DETECTORS:
@@ -101,8 +127,33 @@ def validate_params(method: str, params: dict[str, Any]) -> Params:
         raise InvalidInput(f"invalid params for method {method!r}", errors) from None
 
 
+FEATURE_ARCHS = frozenset({"auto", "mlp"})
+
+
+def _image_archs(
+    params: Any, loc: tuple[str, ...] = ("body", "params")
+) -> Iterator[list[str | int]]:
+    """The ``loc`` of every ``arch`` field (nested too) that names an image network."""
+    if not isinstance(params, dict):
+        return
+    for key, value in params.items():
+        if key == "arch" and isinstance(value, str) and value not in FEATURE_ARCHS:
+            yield [*loc, key]
+        else:
+            yield from _image_archs(value, (*loc, key))
+
+
 def check_inputs(method: str, params: Params, dataset: Dataset, clean: Dataset | None) -> None:
     """Refuse inputs the params cannot run with, before anything is stored."""
+    if len(dataset.sample_shape) == 1:
+        errors = [
+            field_error(
+                loc, "an image network cannot run on feature vectors; use mlp or auto", "arch"
+            )
+            for loc in _image_archs(params.model_dump(mode="json"))
+        ]
+        if errors:
+            raise InvalidInput(f"dataset {dataset.id} holds feature vectors, not images", errors)
     if clean is None and requires_clean_reserve(params):
         msg = f"these params of method {method!r} need a clean reserve: give clean_dataset_id"
         raise InvalidInput(msg, [field_error(["body", "clean_dataset_id"], msg, "missing")])

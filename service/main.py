@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request, Response
 
 from detection.version import code_version
 from service.api import datasets, health, jobs, methods, scores
+from service.api.docs import install_docs
 from service.config import Settings, get_settings
 from service.db import get_sessionmaker
 from service.errors import install_problem_handlers, problem
@@ -22,7 +23,13 @@ UPLOAD_OVERHEAD = 64 * 1024
 def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None) -> FastAPI:
     """Build the API. ``enqueue`` replaces the Celery client (e.g. an in-process runner)."""
     settings = settings or get_settings()
-    app = FastAPI(title="poisonscan", version=code_version())
+    app = FastAPI(
+        title="poisonscan",
+        version=code_version(),
+        docs_url=None,
+        redoc_url=None,
+        generate_unique_id_function=lambda route: route.name,  # operationId = function name
+    )
     app.state.settings = settings
     app.state.sessionmaker = get_sessionmaker(settings.database_url)
     app.state.storage = LocalStorage(settings.storage_root, settings.max_upload_bytes)
@@ -31,6 +38,7 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     app.middleware("http")(_upload_size_guard(settings.max_upload_bytes + UPLOAD_OVERHEAD))
     for module in (datasets, jobs, scores, methods, health):
         app.include_router(module.router)
+    install_docs(app, settings)
     install_web(app)
     return app
 

@@ -91,8 +91,22 @@ class Dataset(Base):
     sample_shape: Mapped[list[int]] = mapped_column(JSONType)
     n_classes: Mapped[int] = mapped_column(Integer)
     class_counts: Mapped[list[int]] = mapped_column(JSONType)
+    class_names: Mapped[list[str] | None] = mapped_column(JSONType)
     storage_uri: Mapped[str] = mapped_column(String(512))
+    source_uri: Mapped[str | None] = mapped_column(String(2048))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DatasetSample(Base):
+    """Where sample ``sample_index`` of an archive dataset came from (its path inside)."""
+
+    __tablename__ = "dataset_sample"
+
+    dataset_id: Mapped[str] = mapped_column(
+        ForeignKey("dataset.id", ondelete="CASCADE"), primary_key=True
+    )
+    sample_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    source: Mapped[str] = mapped_column(String(1024))
 
 
 class Job(Base):
@@ -119,14 +133,38 @@ class Job(Base):
     ground_truth: Mapped[dict[str, Any] | None]
     code_version: Mapped[str] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # "metadata" is SQLAlchemy's own attribute; the column keeps the API's name.
+    job_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     @property
     def has_ground_truth(self) -> bool:
         return self.ground_truth is not None
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left while running: time so far scaled by the progress still to come."""
+        if self.state != JobState.running or self.started_at is None or self.progress < 0.01:
+            return None
+        elapsed = (utcnow() - self.started_at).total_seconds()
+        return round(max(0.0, elapsed * (1.0 - self.progress) / self.progress), 1)
+
+
+class IdempotencyRecord(Base):
+    """The outcome of a POST sent with an ``Idempotency-Key``, per endpoint (``scope``)."""
+
+    __tablename__ = "idempotency_record"
+
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    resource_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SampleScore(Base):

@@ -17,11 +17,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from numpy.typing import NDArray
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import String, and_, cast, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from detection.metrics import rank_by_score
-from service.models import FINISHED_STATES, Dataset, Job, JobState, SampleScore, utcnow
+from service.models import (
+    FINISHED_STATES,
+    Dataset,
+    DatasetSample,
+    Job,
+    JobState,
+    SampleScore,
+    utcnow,
+)
 
 ScoreOrder = Literal["score_desc", "index"]
 COPY_CHUNK = 1 << 20
@@ -48,6 +56,29 @@ def create_dataset(session: Session, **fields: Any) -> Dataset:
     session.add(dataset)
     session.flush()
     return dataset
+
+
+def create_dataset_samples(session: Session, dataset_id: str, sources: Sequence[str]) -> None:
+    """One ``dataset_sample`` row per sample: where it came from (archive path)."""
+    rows = [
+        {"dataset_id": dataset_id, "sample_index": i, "source": src[:1024]}
+        for i, src in enumerate(sources)
+    ]
+    if rows:
+        session.execute(insert(DatasetSample), rows)
+
+
+def count_jobs_using_dataset(session: Session, dataset_id: str) -> int:
+    stmt = select(func.count()).select_from(Job)
+    stmt = stmt.where((Job.dataset_id == dataset_id) | (Job.clean_dataset_id == dataset_id))
+    return session.scalar(stmt) or 0
+
+
+def delete_dataset(session: Session, dataset: Dataset) -> None:
+    """Delete the row (its ``dataset_sample`` rows cascade)."""
+    session.execute(delete(DatasetSample).where(DatasetSample.dataset_id == dataset.id))
+    session.delete(dataset)
+    session.flush()
 
 
 def list_datasets(session: Session, limit: int, offset: int) -> tuple[Sequence[Dataset], int]:
@@ -166,6 +197,7 @@ def request_cancel(session: Session, job: Job) -> Job:
     if state in FINISHED_STATES:
         raise InvalidTransition(f"job {job.id} already {state.value}")
     now: datetime = utcnow()
+    job.cancel_requested_at = now
     if state is JobState.queued:
         job.state, job.finished_at = JobState.cancelled.value, now
     else:
@@ -173,6 +205,13 @@ def request_cancel(session: Session, job: Job) -> Job:
     job.updated_at = now
     session.flush()
     return job
+
+
+def delete_job(session: Session, job: Job) -> None:
+    """Delete the job and its scores."""
+    session.execute(delete(SampleScore).where(SampleScore.job_id == job.id))
+    session.delete(job)
+    session.flush()
 
 
 def get_job_state(session: Session, job_id: str) -> str | None:
@@ -230,6 +269,20 @@ def _order_key(order: ScoreOrder) -> Any:
     return SampleScore.rank if order == "score_desc" else SampleScore.sample_index
 
 
+SOURCE = func.coalesce(DatasetSample.source, cast(SampleScore.sample_index, String)).label("source")
+SCORE_ROW = (SampleScore.sample_index, SampleScore.score, SampleScore.flagged, SampleScore.rank)
+
+
+def _with_sources(stmt: Any, job_id: str) -> Any:
+    """Join each score to its sample's source (archive path; the row index otherwise)."""
+    dataset_id = select(Job.dataset_id).where(Job.id == job_id).scalar_subquery()
+    on = and_(
+        DatasetSample.dataset_id == dataset_id,
+        DatasetSample.sample_index == SampleScore.sample_index,
+    )
+    return stmt.outerjoin(DatasetSample, on)
+
+
 def page_scores(
     session: Session,
     job_id: str,
@@ -237,26 +290,29 @@ def page_scores(
     limit: int,
     flagged: bool | None = None,
     order: ScoreOrder = "score_desc",
-) -> Sequence[SampleScore]:
-    """Keyset page: rows after key ``after`` (a rank or a sample index, per ``order``)."""
+) -> Sequence[Any]:
+    """Keyset page: rows after key ``after`` (a rank or a sample index, per ``order``).
+
+    Rows carry ``sample_index``, ``score``, ``flagged``, ``rank`` and ``source``.
+    """
     key = _order_key(order)
-    stmt = select(SampleScore).where(SampleScore.job_id == job_id)
+    stmt = _with_sources(select(*SCORE_ROW, SOURCE), job_id).where(SampleScore.job_id == job_id)
     if flagged is not None:
         stmt = stmt.where(SampleScore.flagged == flagged)
     if after is not None:
         stmt = stmt.where(key > after)
-    return session.scalars(stmt.order_by(key).limit(limit)).all()
+    return session.execute(stmt.order_by(key).limit(limit)).all()
 
 
 def iter_scores(
     session: Session, job_id: str, order: ScoreOrder = "index", batch_size: int = 50_000
 ) -> Iterator[pa.RecordBatch]:
-    """All scores of a job as Arrow batches (columns: sample_index, score, flagged, rank)."""
+    """All scores of a job as Arrow batches (columns: :data:`SCORE_SCHEMA`)."""
     key = _order_key(order)
-    cols = (SampleScore.sample_index, SampleScore.score, SampleScore.flagged, SampleScore.rank)
     after = -1  # below every sample index and rank
     while True:
-        stmt = select(*cols).where(SampleScore.job_id == job_id, key > after)
+        stmt = _with_sources(select(*SCORE_ROW, SOURCE), job_id)
+        stmt = stmt.where(SampleScore.job_id == job_id, key > after)
         rows = session.execute(stmt.order_by(key).limit(batch_size)).all()
         if not rows:
             return
@@ -270,6 +326,7 @@ SCORE_SCHEMA = pa.schema(
         ("score", pa.float64()),
         ("flagged", pa.bool_()),
         ("rank", pa.int64()),
+        ("source", pa.string()),
     ]
 )
 

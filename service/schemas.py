@@ -3,11 +3,39 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from service.models import JobState
 
 ScoreOrder = Literal["score_desc", "index"]
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+Metadata = dict[MetadataKey, MetadataValue]
+
+
+class ProblemError(BaseModel):
+    """One field at fault (pydantic style)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    loc: list[str | int] = Field(description="Where: e.g. ['body', 'params', 'budget'].")
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error response."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field("about:blank", description="A URI naming the problem type.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int = Field(ge=400, le=599)
+    detail: str | None = Field(None, description="What went wrong, for a human.")
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[ProblemError] | None = Field(None, description="The fields at fault, if any.")
 
 
 class ReadModel(BaseModel):
@@ -24,7 +52,20 @@ class DatasetRead(ReadModel):
     sample_shape: list[int]
     n_classes: int
     class_counts: list[int]
+    class_names: list[str] | None = Field(
+        None, description="class_names[c] names label c (ImageFolder folders, string labels)."
+    )
+    source_uri: str | None = Field(None, description="The reference it was imported from.")
     created_at: datetime
+
+
+class DatasetImport(BaseModel):
+    """A dataset by reference: s3://bucket/key, https://..., file:// under an allowed root."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    uri: str = Field(min_length=1, max_length=2048)
+    name: str | None = Field(None, max_length=255)
 
 
 class DatasetPage(BaseModel):
@@ -48,6 +89,50 @@ class JobCreate(BaseModel):
     ground_truth_cover_indices: list[int] | None = Field(
         None, description="Known cover (regularisation) samples, kept apart in metrics."
     )
+    metadata: Metadata = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Your tags: at most 32 string pairs (keys up to 64, values up to 512 chars).",
+    )
+
+
+class ClassSummaryRead(BaseModel):
+    """Per-class statistics of a finished job (by given label)."""
+
+    label: int
+    n_samples: int
+    n_flagged: int
+    statistic: float | None = None
+    suspected: bool = False
+
+
+class JobSummary(BaseModel):
+    """What the detector found; methods add their own fields (e.g. per-round sizes)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n_samples: int
+    n_flagged: int
+    target_classes: list[int] = Field(default_factory=list)
+    classes: list[ClassSummaryRead] = Field(default_factory=list)
+
+
+class JobMetrics(BaseModel):
+    """Detection metrics against the job's ground truth (null where undefined)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n_samples: int
+    n_poison: int
+    n_cover: int = 0
+    n_flagged: int
+    tpr: float | None = None
+    fpr: float | None = None
+    auroc: float | None = None
+    ap: float | None = None
+    tpr_at_fpr_1: float | None = None
+    tpr_at_fpr_5: float | None = None
+    cover_fpr: float | None = None
 
 
 class JobRead(ReadModel):
@@ -57,19 +142,24 @@ class JobRead(ReadModel):
     method: str
     params: dict[str, Any]
     seed: int
-    state: str
-    stage: str | None
-    progress: float
+    state: JobState
+    stage: str | None = Field(description="What runs now, e.g. 'round 3/6: confusion'.")
+    progress: float = Field(ge=0.0, le=1.0)
     error: str | None
-    metrics: dict[str, Any] | None
-    summary: dict[str, Any] | None
+    metrics: JobMetrics | None = Field(description="Set when the job had ground truth.")
+    summary: JobSummary | None
     has_ground_truth: bool
     code_version: str
     attempts: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    metadata: Metadata = Field(validation_alias="job_metadata")
+    created_at: datetime = Field(description="When it was queued.")
+    started_at: datetime | None = Field(description="When it last started running.")
+    cancel_requested_at: datetime | None = Field(description="When a cancel was asked for.")
+    finished_at: datetime | None = Field(description="When it succeeded, failed or was cancelled.")
     updated_at: datetime
+    eta_seconds: float | None = Field(
+        description="Seconds left while running, extrapolated from progress (null otherwise)."
+    )
 
 
 class JobPage(BaseModel):
@@ -83,7 +173,8 @@ class ScoreRead(ReadModel):
     sample_index: int
     score: float
     flagged: bool
-    rank: int
+    rank: int = Field(description="1 = most suspicious.")
+    source: str = Field(description="Where the sample came from: its archive path, or row index.")
 
 
 class ScorePage(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,3 +104,10 @@ class LocalStorage:
 
     def delete(self, uri: str) -> None:
         self.path_for(uri).unlink(missing_ok=True)
+
+    def delete_job_scratch(self, job_id: str) -> None:
+        """The worker's scratch directory of a job (checkpoints), if any."""
+        root = (self.root / "jobs").resolve()
+        path = (root / job_id).resolve()
+        if path.parent == root:
+            shutil.rmtree(path, ignore_errors=True)

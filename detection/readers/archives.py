@@ -173,7 +173,8 @@ def _image_folder(entries: list[Entry], fmt: str, limits: ReaderLimits) -> Loade
                 f"{'/'.join(parts)}: image shape {img.shape} differs from {first.shape} (H, W, C)"
             )
         x[i] = img
-    return finish(x, labels, fmt, limits, len(class_names), class_names)
+    sources = ["/".join(parts) for parts, _ in entries]
+    return finish(x, labels, fmt, limits, len(class_names), class_names, sources=sources)
 
 
 def _decode(name: str, data: bytes, limits: ReaderLimits) -> NDArray[np.uint8]:

@@ -85,6 +85,9 @@ class LoadedDataset:
         ``class_names[c]`` names class ``c``.
     extra : dict of ndarray
         Other arrays stored next to ``x`` and ``y`` in an npz file.
+    sources : list of str, optional
+        ``sources[i]`` names where sample ``i`` came from (its path inside an
+        archive); None when samples are rows, identified by their index.
     """
 
     x: NDArray[Any]
@@ -93,6 +96,7 @@ class LoadedDataset:
     format: str
     class_names: list[str] | None = None
     extra: dict[str, NDArray[Any]] = field(default_factory=dict, compare=False)
+    sources: list[str] | None = field(default=None, compare=False)
 
     @property
     def n_samples(self) -> int:
@@ -112,8 +116,14 @@ class LoadedDataset:
 
     def take(self, indices: NDArray[np.int64]) -> LoadedDataset:
         """The samples at ``indices`` (``extra`` is dropped: it indexes the full set)."""
+        sources = None if self.sources is None else [self.sources[int(i)] for i in indices]
         return LoadedDataset(
-            self.x[indices], self.labels[indices], self.n_classes, self.format, self.class_names
+            self.x[indices],
+            self.labels[indices],
+            self.n_classes,
+            self.format,
+            self.class_names,
+            sources=sources,
         )
 
 
@@ -241,6 +251,7 @@ def finish(
     n_classes: int | None = None,
     class_names: list[str] | None = None,
     extra: dict[str, NDArray[Any]] | None = None,
+    sources: list[str] | None = None,
 ) -> LoadedDataset:
     n = int(x.shape[0])
     if n == 0:
@@ -261,7 +272,9 @@ def finish(
         )
     if class_names is not None and len(class_names) != n_classes:
         raise DatasetFormatError(f"{len(class_names)} class names for {n_classes} classes")
-    return LoadedDataset(x, labels, n_classes, fmt, class_names, extra or {})
+    if sources is not None and len(sources) != n:
+        raise DatasetFormatError(f"{len(sources)} sample sources for {n} samples")
+    return LoadedDataset(x, labels, n_classes, fmt, class_names, extra or {}, sources)
 
 
 def images_or_features(x: NDArray[Any]) -> NDArray[Any]:

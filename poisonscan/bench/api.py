@@ -1,70 +1,55 @@
-"""Run benchmark detectors through a running poisonscan API instead of in-process."""
+"""Run benchmark detectors through a running poisonscan API, with :mod:`poisonscan.client`."""
 
 from __future__ import annotations
 
-import io
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import pyarrow as pa
 from numpy.typing import NDArray
 
 from detection.readers import write_npz
 from detection.types import DetectionInput
+from poisonscan.client import Client
 
-FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+def npz_bytes(x: NDArray[Any], labels: NDArray[np.int64]) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "set.npz"
+        write_npz(path, x, labels)
+        return path.read_bytes()
+
+
+def scores_and_flags(table: pa.Table) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Scores and flags by sample index from a scores export."""
+    table = table.sort_by("sample_index")
+    scores = table["score"].to_numpy().astype(np.float64)
+    return scores, table["flagged"].to_numpy(zero_copy_only=False).astype(bool)
 
 
 class ApiRunner:
-    """Upload the poisoned set and reserve, start a job, poll it, read its scores."""
+    """Upload the poisoned set and reserve, start a job, wait for it, read its scores."""
 
-    def __init__(self, base_url: str, timeout: float = 3600.0) -> None:
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=120)
+    def __init__(
+        self, base_url: str, timeout: float = 3600.0, http: httpx.Client | None = None
+    ) -> None:
+        self.client = Client(base_url, timeout=120, http=http)
         self.timeout = timeout
-
-    def _upload(self, x: NDArray[Any], labels: NDArray[np.int64], name: str) -> str:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.npz"
-            write_npz(path, x, labels)
-            with path.open("rb") as fh:
-                resp = self.client.post("/datasets", files={"file": (path.name, fh)})
-        resp.raise_for_status()
-        dataset_id: str = resp.json()["id"]
-        return dataset_id
-
-    def _wait(self, job_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            job: dict[str, Any] = self.client.get(f"/jobs/{job_id}").raise_for_status().json()
-            if job["state"] in FINAL_STATES:
-                return job
-            time.sleep(1.0)
-        raise TimeoutError(f"job {job_id} still running after {self.timeout:.0f} s")
 
     def __call__(
         self, inp: DetectionInput, detector: str, params: Mapping[str, Any], seed: int
     ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        body: dict[str, Any] = {
-            "dataset_id": self._upload(inp.x, inp.labels, "inspected"),
-            "method": detector,
-            "params": dict(params),
-            "seed": seed,
-        }
+        inspected = self.client.upload(npz_bytes(inp.x, inp.labels), filename="inspected.npz")
+        clean_id = None
         if inp.clean_x is not None and inp.clean_labels is not None:
-            body["clean_dataset_id"] = self._upload(inp.clean_x, inp.clean_labels, "reserve")
-        resp = self.client.post("/jobs", json=body)
-        if resp.status_code != 202:
-            raise RuntimeError(f"POST /jobs: {resp.status_code} {resp.text}")
-        job = self._wait(resp.json()["id"])
-        if job["state"] != "succeeded":
-            raise RuntimeError(f"job {job['id']} {job['state']}: {job.get('error')}")
-        csv = self.client.get(f"/jobs/{job['id']}/scores.csv").raise_for_status().text
-        table = np.genfromtxt(io.StringIO(csv), delimiter=",", names=True)
-        order = np.argsort(table["sample_index"])
-        scores = np.asarray(table["score"][order], dtype=np.float64)
-        flags = np.asarray(table["flagged"][order]).astype(bool)
-        return scores, flags
+            reserve = npz_bytes(inp.clean_x, inp.clean_labels)
+            clean_id = self.client.upload(reserve, filename="reserve.npz").id
+        job = self.client.submit(
+            inspected.id, detector, params, seed=seed, clean_dataset_id=clean_id
+        )
+        job = self.client.wait(job.id, timeout=self.timeout, check=True)
+        return scores_and_flags(self.client.scores_table(job.id))

@@ -47,7 +47,8 @@ def load_truth(path: Path | None) -> tuple[NDArray[np.int64] | None, NDArray[np.
     return poison, cover
 
 
-def build_input(args: argparse.Namespace) -> DetectionInput:
+def build_input(args: argparse.Namespace) -> tuple[DetectionInput, list[str] | None]:
+    """The detector's input and the samples' sources (archive paths; None for rows)."""
     data = read_dataset(Path(args.data))
     n_classes = data.n_classes
     clean_x = clean_y = None
@@ -55,7 +56,7 @@ def build_input(args: argparse.Namespace) -> DetectionInput:
         clean = read_dataset(Path(args.clean))
         n_classes = max(n_classes, clean.n_classes)
         clean_x, clean_y = clean.x, clean.labels
-    return DetectionInput(data.x, data.labels, n_classes, clean_x, clean_y)
+    return DetectionInput(data.x, data.labels, n_classes, clean_x, clean_y), data.sources
 
 
 class ProgressBar:
@@ -74,27 +75,33 @@ class ProgressBar:
         self.bar.close()
 
 
-def write_scores(path: Path, result: DetectionResult) -> None:
-    """Write sample_index, score, flagged, rank as .csv, .parquet or .npz."""
-    rank = rank_by_score(result.scores)
+def write_scores(path: Path, result: DetectionResult, sources: list[str] | None = None) -> None:
+    """Write sample_index, score, flagged, rank, source as .csv, .parquet or .npz.
+
+    CSV and Parquet are the service's exports, column for column (``flagged`` is
+    ``true``/``false`` in CSV; ``source`` the archive path, or the row index).
+    """
+    n = result.scores.size
     columns = {
-        "sample_index": np.arange(result.scores.size),
-        "score": result.scores,
-        "flagged": result.flags,
-        "rank": rank,
+        "sample_index": np.arange(result.scores.size, dtype=np.int64),
+        "score": np.asarray(result.scores, dtype=np.float64),
+        "flagged": np.asarray(result.flags, dtype=bool),
+        "rank": rank_by_score(result.scores).astype(np.int64),
+        "source": np.asarray(sources if sources is not None else [str(i) for i in range(n)]),
     }
     suffix = path.suffix.lower()
     if suffix == ".npz":
         np.savez(path, **columns)  # type: ignore[arg-type]
-    elif suffix == ".parquet":
+    elif suffix in (".parquet", ".csv"):
         import pyarrow as pa
+        import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table(columns), path)
-    elif suffix == ".csv":
-        header = "sample_index,score,flagged,rank"
-        rows = np.column_stack([columns["sample_index"], result.scores, result.flags, rank])
-        np.savetxt(path, rows, delimiter=",", header=header, comments="", fmt="%d,%.9g,%d,%d")
+        table = pa.table(columns)
+        if suffix == ".csv":
+            pacsv.write_csv(table, path)
+        else:
+            pq.write_table(table, path)
     else:
         raise ValueError(f"--out must end in .csv, .parquet or .npz, got {path.name}")
 
@@ -114,7 +121,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     parsed = parse_detector_params(args.method, params)  # fail fast, before reading data
     if not args.clean and requires_clean_reserve(parsed):
         raise ValueError(f"these params of method {args.method!r} need a clean reserve: --clean")
-    inp = build_input(args)
+    inp, sources = build_input(args)
     bar = ProgressBar(not args.quiet)
     ctx = RunContext(seed=args.seed, progress=bar)
     start = time.perf_counter()
@@ -130,7 +137,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if poison is not None:
         print(format_metrics(evaluate(result.scores, result.flags, poison, cover)))
     if args.out:
-        write_scores(Path(args.out), result)
+        write_scores(Path(args.out), result, sources)
         print(f"scores written to {args.out}")
     if args.summary:
         Path(args.summary).write_text(json.dumps(result.summary(), indent=2, default=float))

@@ -2,28 +2,65 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from service import datasets
-from service.api.deps import SessionDep, StorageDep
+from service.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep
+from service.api.responses import problems
 from service.models import Dataset
-from service.schemas import DatasetPage, DatasetRead
+from service.schemas import DatasetImport, DatasetPage, DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+REUPLOAD: dict[int | str, dict[str, Any]] = {
+    200: {"model": DatasetRead, "description": "The same bytes were stored before."}
+}
 
 
-@router.post("", response_model=DatasetRead, status_code=201)
+@router.post(
+    "",
+    response_model=DatasetRead,
+    status_code=201,
+    responses={**REUPLOAD, **problems(409, 413, 422)},
+)
 def create_dataset(
     session: SessionDep,
     storage: StorageDep,
     response: Response,
     file: Annotated[UploadFile, File(description="npz, ImageFolder zip/tar, parquet or csv")],
     name: Annotated[str | None, Form(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Dataset:
-    """Upload a dataset; the same bytes return the existing dataset (200)."""
-    stored = datasets.create(session, storage, file.file, filename=file.filename, name=name)
+    """Upload a dataset (201); the same bytes return the existing dataset (200)."""
+    stored = datasets.create(
+        session, storage, file.file, file.filename, name, idempotency_key=idempotency_key
+    )
+    if not stored.created:
+        response.status_code = 200
+    response.headers["Location"] = f"/datasets/{stored.dataset.id}"
+    return stored.dataset
+
+
+@router.post(
+    "/import",
+    response_model=DatasetRead,
+    status_code=201,
+    responses={**REUPLOAD, **problems(409, 413, 422)},
+)
+def import_dataset(
+    body: DatasetImport,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Dataset:
+    """Copy a dataset from s3://, https:// or file:// (under an allowed root) and check it
+    like an upload (201); bytes stored before return that dataset (200)."""
+    stored = datasets.create_from_reference(
+        session, storage, settings, body.uri, body.name, idempotency_key
+    )
     if not stored.created:
         response.status_code = 200
     response.headers["Location"] = f"/datasets/{stored.dataset.id}"
@@ -36,6 +73,7 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DatasetPage:
+    """Newest first."""
     items, total = datasets.list_page(session, limit, offset)
     return DatasetPage(
         items=[DatasetRead.model_validate(d) for d in items],
@@ -45,6 +83,13 @@ def list_datasets(
     )
 
 
-@router.get("/{dataset_id}", response_model=DatasetRead)
+@router.get("/{dataset_id}", response_model=DatasetRead, responses=problems(404))
 def get_dataset(session: SessionDep, dataset_id: str) -> Dataset:
     return datasets.get(session, dataset_id)
+
+
+@router.delete("/{dataset_id}", status_code=204, responses=problems(404, 409))
+def delete_dataset(session: SessionDep, storage: StorageDep, dataset_id: str) -> Response:
+    """Delete a dataset and its file (409 while a job uses it: delete the jobs first)."""
+    datasets.delete(session, storage, dataset_id)
+    return Response(status_code=204)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from service.config import Settings
 from service.db import SessionDep
 from service.queue import JobQueue
 from service.storage import LocalStorage
 
-__all__ = ["QueueDep", "SessionDep", "SettingsDep", "StorageDep"]
+__all__ = ["IdempotencyKey", "QueueDep", "SessionDep", "SettingsDep", "StorageDep"]
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -32,3 +32,13 @@ def get_queue(request: Request) -> JobQueue:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StorageDep = Annotated[LocalStorage, Depends(get_storage)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Repeat a POST safely: the same key and body return the first outcome; "
+        "the same key with another body is 409.",
+    ),
+]

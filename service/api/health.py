@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api.deps import QueueDep
+from service.api.responses import problems
 from service.errors import ProblemResponse, problem
 from service.schemas import Health
 
@@ -41,7 +42,7 @@ def _check_broker(queue: QueueDep) -> str:
     return "ok"
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": None}})
+@router.get("/readyz", response_model=Health, responses=problems(503))
 def readyz(request: Request, queue: QueueDep) -> Health | ProblemResponse:
     """Ready when the database answers ``SELECT 1`` and the broker accepts a connection."""
     checks = {"database": _check_db(request.app.state.sessionmaker), "broker": _check_broker(queue)}

@@ -8,22 +8,38 @@ from fastapi import APIRouter, Query, Response
 
 from service import jobs
 from service import repository as repo
-from service.api.deps import QueueDep, SessionDep
-from service.models import Job
+from service.api.deps import IdempotencyKey, QueueDep, SessionDep, StorageDep
+from service.api.responses import problems
+from service.models import Job, JobState
 from service.schemas import JobCreate, JobPage, JobRead
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-@router.post("", response_model=JobRead, status_code=202)
-def create_job(body: JobCreate, session: SessionDep, queue: QueueDep, response: Response) -> Job:
+CANCEL_RESPONSES = {
+    200: {"model": JobRead, "description": "Cancelled (it was queued) or already cancelled."},
+    202: {"model": JobRead, "description": "Cancelling: the worker stops at its next check."},
+    **problems(404, 409),
+}
+
+
+@router.post(
+    "", response_model=JobRead, status_code=202, responses=problems(404, 409, 413, 422, 503)
+)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    queue: QueueDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Job:
     """Validate, store (state ``queued``), commit, then enqueue."""
-    job = jobs.create(session, queue, body)
+    job = jobs.create(session, queue, body, idempotency_key)
     response.headers["Location"] = f"/jobs/{job.id}"
     return job
 
 
-@router.get("/{job_id}", response_model=JobRead)
+@router.get("/{job_id}", response_model=JobRead, responses=problems(404))
 def get_job(session: SessionDep, job_id: str) -> Job:
     return jobs.get(session, job_id)
 
@@ -31,25 +47,30 @@ def get_job(session: SessionDep, job_id: str) -> Job:
 @router.get("", response_model=JobPage)
 def list_jobs(
     session: SessionDep,
-    state: Annotated[
-        str | None,
-        Query(pattern="^(queued|running|succeeded|failed|cancelling|cancelled)$"),
-    ] = None,
+    state: JobState | None = None,
     method: Annotated[str | None, Query(max_length=64)] = None,
     dataset_id: Annotated[str | None, Query(max_length=36)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobPage:
-    filters = repo.JobFilters(state=state, method=method, dataset_id=dataset_id)
+    """Newest first, filtered by state, method and dataset."""
+    filters = repo.JobFilters(state=state and state.value, method=method, dataset_id=dataset_id)
     items, total = jobs.list_page(session, filters, limit, offset)
     return JobPage(
         items=[JobRead.model_validate(j) for j in items], total=total, limit=limit, offset=offset
     )
 
 
-@router.delete("/{job_id}", response_model=JobRead)
+@router.post("/{job_id}/cancel", response_model=JobRead, responses=CANCEL_RESPONSES)
 def cancel_job(session: SessionDep, job_id: str, response: Response) -> Job:
     """queued -> cancelled (200); running -> cancelling (202); finished -> 409."""
     job = jobs.cancel(session, job_id)
-    response.status_code = 202 if job.state == "cancelling" else 200
+    response.status_code = 202 if job.state == JobState.cancelling else 200
     return job
+
+
+@router.delete("/{job_id}", status_code=204, responses=problems(404, 409))
+def delete_job(session: SessionDep, storage: StorageDep, job_id: str) -> Response:
+    """Delete a finished job and its scores (409 while it is queued or running: cancel it)."""
+    jobs.delete(session, storage, job_id)
+    return Response(status_code=204)

@@ -19,24 +19,33 @@ from sqlalchemy.orm import Session
 from service import repository as repo
 from service import scores
 from service.api.deps import SessionDep, SettingsDep
+from service.api.responses import binary, problems
+from service.errors import InvalidInput, field_error
 from service.schemas import ScoreOrder, ScorePage
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["scores"])
 OrderQuery = Annotated[ScoreOrder, Query(description="score_desc: rank 1 first; index: by sample")]
 
 
-@router.get("/scores", response_model=ScorePage)
+SCORE_PROBLEMS = problems(404, 409, 422)
+CSV = "text/csv"
+PARQUET = "application/vnd.apache.parquet"
+
+
+@router.get("/scores", response_model=ScorePage, responses=SCORE_PROBLEMS)
 def list_scores(
     session: SessionDep,
     settings: SettingsDep,
     job_id: str,
     order: OrderQuery = "score_desc",
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1)] = 100,
+    limit: Annotated[int, Query(ge=1, description="At most max_page_size (422 above).")] = 100,
     flagged: bool | None = None,
 ) -> ScorePage:
     """One page of scores; pass ``next_cursor`` back for the next page."""
-    limit = min(limit, settings.max_page_size)
+    if limit > settings.max_page_size:
+        msg = f"limit must be at most {settings.max_page_size}"
+        raise InvalidInput(msg, [field_error(["query", "limit"], msg, "less_than_equal")])
     return scores.list_page(session, job_id, order, cursor, limit, flagged)
 
 
@@ -90,24 +99,30 @@ def _export(
     scores.require_succeeded(session, job_id)
     batches = scores.iter_batches(request.app.state.sessionmaker, job_id, order)
     chunks, media = (
-        (_csv_chunks(batches), "text/csv")
-        if kind == "csv"
-        else (_parquet_chunks(batches), "application/vnd.apache.parquet")
+        (_csv_chunks(batches), CSV) if kind == "csv" else (_parquet_chunks(batches), PARQUET)
     )
     disposition = f'attachment; filename="{job_id}-scores.{kind}"'
     return StreamingResponse(chunks, media_type=media, headers={"Content-Disposition": disposition})
 
 
-@router.get("/scores.csv", response_class=StreamingResponse)
-def export_csv(
+@router.get(
+    "/scores.csv",
+    response_class=StreamingResponse,
+    responses={200: binary(CSV, "Every score, one row per sample."), **SCORE_PROBLEMS},
+)
+def export_scores_csv(
     request: Request, session: SessionDep, job_id: str, order: OrderQuery = "index"
 ) -> StreamingResponse:
     """All scores as CSV (sample_index, score, flagged, rank), streamed."""
     return _export(request, session, job_id, order, "csv")
 
 
-@router.get("/scores.parquet", response_class=StreamingResponse)
-def export_parquet(
+@router.get(
+    "/scores.parquet",
+    response_class=StreamingResponse,
+    responses={200: binary(PARQUET, "Every score, one row per sample."), **SCORE_PROBLEMS},
+)
+def export_scores_parquet(
     request: Request, session: SessionDep, job_id: str, order: OrderQuery = "index"
 ) -> StreamingResponse:
     """All scores as Parquet, streamed one row group per batch."""

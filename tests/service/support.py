@@ -189,3 +189,62 @@ def upload(
 def stored_files(settings: Settings) -> list[Path]:
     """Every regular file under the storage root (temp files included)."""
     return sorted(p for p in settings.storage_root.rglob("*") if p.is_file())
+
+
+def image_zip(n_per_class: int = 4, classes: tuple[str, ...] = ("cat", "dog")) -> bytes:
+    """An ImageFolder zip ``imgs/<class>/<i>.png`` of 8x8 grey PNGs, classes in archive order."""
+    import zipfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in classes:
+            for i in range(n_per_class):
+                png = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(png, "PNG")
+                zf.writestr(f"imgs/{name}/{i:03d}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def zip_members(data: bytes) -> list[str]:
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return [n for n in zf.namelist() if not n.endswith("/")]
+
+
+@pytest.fixture
+def moto_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real S3-compatible server (moto's server mode) on a free port; yields its URL."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        monkeypatch.setenv(name, value)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def s3_put(endpoint: str, path: str, data: bytes) -> None:
+    """Write ``data`` at ``bucket/key`` (the bucket is made when missing)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+    bucket = path.split("/", 1)[0]
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    fs.pipe(path, data)

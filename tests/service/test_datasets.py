@@ -13,8 +13,15 @@ from sqlalchemy import func, select
 
 from service.config import Settings
 from service.db import get_sessionmaker
-from service.models import Dataset
-from tests.service.support import npz_bytes, stored_files, tiny_images, upload
+from service.models import Dataset, DatasetSample
+from tests.service.support import (
+    image_zip,
+    npz_bytes,
+    stored_files,
+    tiny_images,
+    upload,
+    zip_members,
+)
 
 PROBLEM = "application/problem+json"
 
@@ -160,3 +167,34 @@ def test_list_datasets_pages(client: TestClient, tmp_path: Path) -> None:
     assert first["total"] == second["total"] == 3
     assert len(first["items"]) == 2 and len(second["items"]) == 1
     assert {d["id"] for d in first["items"] + second["items"]} == ids
+
+
+def test_image_folder_upload_keeps_class_names_and_sample_paths(
+    client: TestClient, settings: Settings
+) -> None:
+    data = image_zip(n_per_class=3, classes=("dog", "cat"))
+
+    resp = upload(client, data, filename="pets.zip")
+
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert (body["format"], body["n_samples"]) == ("zip", 6)
+    assert body["class_names"] == ["cat", "dog"]
+    with get_sessionmaker(settings.database_url)() as session:
+        rows = session.execute(
+            select(DatasetSample.sample_index, DatasetSample.source)
+            .where(DatasetSample.dataset_id == body["id"])
+            .order_by(DatasetSample.sample_index)
+        ).all()
+    assert [src for _, src in rows] == zip_members(data)
+    assert [i for i, _ in rows] == list(range(6))
+
+
+def test_row_datasets_store_no_sample_paths(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    body = upload(client, npz_bytes(*tiny_images(), tmp_path)).json()
+
+    assert body["class_names"] is None
+    with get_sessionmaker(settings.database_url)() as session:
+        assert session.scalar(select(func.count()).select_from(DatasetSample)) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -132,7 +133,7 @@ def test_list_jobs_filters_and_pages(client: TestClient, dataset_id: str, tmp_pa
     other = upload(client, npz_bytes(*tiny_images(seed=5), tmp_path)).json()["id"]
     ids = [post_job(client, dataset_id, seed=s).json()["id"] for s in range(3)]
     ac_job = client.post("/jobs", json={"dataset_id": other, "method": "ac"}).json()["id"]
-    client.delete(f"/jobs/{ids[0]}")
+    client.post(f"/jobs/{ids[0]}/cancel")
 
     everything = client.get("/jobs").json()
     page = client.get("/jobs", params={"limit": 2, "offset": 2}).json()
@@ -162,14 +163,15 @@ def test_cancel_transitions(client: TestClient, dataset_id: str, settings: Setti
     _set_state(settings, running, "running")
     _set_state(settings, done, "succeeded")
 
-    r_queued = client.delete(f"/jobs/{queued}")
-    r_running = client.delete(f"/jobs/{running}")
-    r_again = client.delete(f"/jobs/{running}")
-    r_done = client.delete(f"/jobs/{done}")
-    r_missing = client.delete("/jobs/missing")
+    r_queued = client.post(f"/jobs/{queued}/cancel")
+    r_running = client.post(f"/jobs/{running}/cancel")
+    r_again = client.post(f"/jobs/{running}/cancel")
+    r_done = client.post(f"/jobs/{done}/cancel")
+    r_missing = client.post("/jobs/missing/cancel")
 
     assert (r_queued.status_code, r_queued.json()["state"]) == (200, "cancelled")
     assert r_queued.json()["finished_at"] is not None
+    assert r_running.json()["cancel_requested_at"] is not None
     assert (r_running.status_code, r_running.json()["state"]) == (202, "cancelling")
     assert (r_again.status_code, r_again.json()["state"]) == (202, "cancelling")
     assert r_done.status_code == 409
@@ -195,3 +197,24 @@ def test_methods_lists_registered_detectors_with_schemas(client: TestClient) -> 
     assert {"ss", "ac", "ct"} <= set(methods)
     assert "Tran" in methods["ss"]["description"]
     assert "budget" in methods["ss"]["params"]["properties"]
+
+
+def test_image_networks_are_refused_on_feature_data(
+    client: TestClient, tmp_path: Path, queue_size: QueueSize
+) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5)).astype(np.float32)
+    features = upload(client, npz_bytes(x, np.arange(60) % 3, tmp_path)).json()["id"]
+
+    nested = post_job(client, features, params={"base_model": {"arch": "small_cnn"}})
+    top = client.post(
+        "/jobs", json={"dataset_id": features, "method": "ct", "params": {"arch": "resnet18"}}
+    )
+    fine = post_job(client, features, params={"base_model": {"arch": "mlp"}})
+
+    assert nested.status_code == top.status_code == 422
+    assert nested.headers["content-type"] == PROBLEM
+    assert nested.json()["errors"][0]["loc"] == ["body", "params", "base_model", "arch"]
+    assert top.json()["errors"][0]["loc"] == ["body", "params", "arch"]
+    assert fine.status_code == 202
+    assert queue_size("gpu") == 1

@@ -7,9 +7,16 @@ from sqlalchemy import inspect
 
 from service.config import Settings
 from service.db import get_engine
-from tests.service.support import alembic_config
+from service.migrate import alembic_config
 
-TABLES = {"alembic_version", "dataset", "job", "sample_score"}
+TABLES = {
+    "alembic_version",
+    "dataset",
+    "dataset_sample",
+    "idempotency_record",
+    "job",
+    "sample_score",
+}
 
 
 def _tables(settings: Settings) -> set[str]:

@@ -17,7 +17,7 @@ from detection.metrics import rank_by_score
 from service import repository as repo
 from service.config import Settings
 from service.db import get_sessionmaker, session_scope
-from tests.service.support import npz_bytes, tiny_images, upload
+from tests.service.support import image_zip, npz_bytes, tiny_images, upload, zip_members
 
 N = 257
 Scores = tuple[NDArray[np.float64], NDArray[np.bool_]]
@@ -154,9 +154,30 @@ def test_csv_and_parquet_exports_hold_every_row(
     pq_table = pq.read_table(io.BytesIO(pq_resp.content))
 
     assert csv_resp.headers["content-type"].startswith("text/csv")
-    assert csv_table.column_names == ["sample_index", "score", "flagged", "rank"]
+    assert csv_table.column_names == ["sample_index", "score", "flagged", "rank", "source"]
+    assert pq_table["source"].to_pylist()[:3] == [str(i) for i in np.argsort(-s, kind="stable")[:3]]
     assert csv_table.num_rows == pq_table.num_rows == N
     np.testing.assert_array_equal(csv_table["sample_index"].to_numpy(), np.arange(N))
     np.testing.assert_array_equal(csv_table["score"].to_numpy(), s)
     np.testing.assert_array_equal(csv_table["flagged"].to_numpy(zero_copy_only=False), f)
     np.testing.assert_array_equal(pq_table["rank"].to_numpy(), np.arange(1, N + 1))
+
+
+def test_scores_and_exports_name_each_sample_by_its_archive_path(
+    client: TestClient, settings: Settings
+) -> None:
+    data = image_zip(n_per_class=4, classes=("cat", "dog"))
+    dataset_id = upload(client, data, filename="pets.zip").json()["id"]
+    job_id = client.post("/jobs", json={"dataset_id": dataset_id, "method": "ss"}).json()["id"]
+    s = np.linspace(0.0, 1.0, 8)
+    _store(settings, job_id, s, s > 0.8)
+    members = zip_members(data)
+
+    page = client.get(f"/jobs/{job_id}/scores", params={"limit": 3}).json()
+    by_index = client.get(f"/jobs/{job_id}/scores", params={"order": "index", "limit": 8}).json()
+    parquet = pq.read_table(io.BytesIO(client.get(f"/jobs/{job_id}/scores.parquet").content))
+    csv = pacsv.read_csv(io.BytesIO(client.get(f"/jobs/{job_id}/scores.csv").content))
+
+    assert [it["source"] for it in page["items"]] == members[::-1][:3]
+    assert [it["source"] for it in by_index["items"]] == members
+    assert parquet["source"].to_pylist() == csv["source"].to_pylist() == members

@@ -138,7 +138,7 @@ def test_cancel_stops_a_running_job(
             client, job["id"], lambda j: (j["stage"] or "").startswith("base_model"), 120
         )
         assert queue_size("cpu") == 0  # a gpu message is not copied into the cpu queue
-        cancel = client.delete(f"/jobs/{job['id']}")
+        cancel = client.post(f"/jobs/{job['id']}/cancel")
         done = wait_for_state(client, job["id"], {"cancelled", "failed", "succeeded"}, 60)
 
     assert training["state"] == "running"
@@ -201,7 +201,7 @@ def test_a_cancelled_queued_job_never_runs(
     client: TestClient, settings: Settings, planted: Planted, dataset_id: str
 ) -> None:
     job = post_ss_job(client, dataset_id, planted)
-    assert client.delete(f"/jobs/{job['id']}").json()["state"] == "cancelled"
+    assert client.post(f"/jobs/{job['id']}/cancel").json()["state"] == "cancelled"
 
     assert jobs.run_job(job["id"], settings) == "cancelled"
     after = client.get(f"/jobs/{job['id']}").json()
