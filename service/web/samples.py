@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
+from service.api.responses import binary, problems
 from service.db import SessionDep
 from service.web.data import DatasetCache, sample_png
 
@@ -18,7 +19,7 @@ def dataset_cache(request: Request) -> DatasetCache:
 @router.get(
     "/datasets/{dataset_id}/samples/{index}.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: binary("image/png", "The sample as a PNG image."), **problems(404, 422)},
 )
 def get_sample_png(request: Request, session: SessionDep, dataset_id: str, index: int) -> Response:
     """Sample ``index`` as PNG: 404 outside ``[0, N)``, 422 for a feature-vector dataset."""
