@@ -271,6 +271,15 @@ def quality(args: argparse.Namespace) -> None:
     print("\n" + summary_table(records))
 
 
+def summarize(paths: list[str]) -> None:
+    """Tables from recorded runs (``--jsonl`` files): one row per run, then the medians."""
+    records = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines()]
+    records.sort(key=lambda r: (r["attack"], r["reserve"] == 0, r["seed"]))
+    rows = [run_row(r) + f" {r['targets']} |" for r in records]
+    print(RUN_HEADER.replace("|\n|---", "| flagged classes |\n|---|---", 1))
+    print("\n".join(rows) + "\n\n" + summary_table(records))
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -325,6 +334,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--timing-only", action="store_true", help="synthetic CIFAR-shaped timing")
     p.add_argument("--timing-n", type=int, default=50_000)
+    p.add_argument(
+        "--summarize",
+        type=_csv,
+        default=None,
+        metavar="JSONL[,JSONL]",
+        help="print the tables of runs recorded with --jsonl, and run nothing",
+    )
     return p.parse_args(argv)
 
 
@@ -332,7 +348,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    timing(args) if args.timing_only else quality(args)
+    if args.summarize:
+        summarize(args.summarize)
+    else:
+        timing(args) if args.timing_only else quality(args)
 
 
 if __name__ == "__main__":

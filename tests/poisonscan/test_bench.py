@@ -45,3 +45,27 @@ def test_poison_command_writes_data_and_truth(tmp_path: Path) -> None:
     with np.load(out) as data:
         n = data["y"].shape[0]
     assert len(truth["poison_indices"]) == round(0.05 * n)
+
+
+def test_bench_ct_summarize_tables_recorded_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from poisonscan.bench.ct import main as bench_ct
+
+    base = {"attack": "blend", "n_poison": 36, "auroc": 0.99, "tpr_at_fpr_1": 0.9, "rss_mb": 9}
+    runs = [
+        {**base, "seed": s, "reserve": r, "tpr": t, "fpr": f, "seconds": sec, "targets": [3]}
+        for s, r, t, f, sec in [
+            (0, 1000, 1.0, 0.001, 100),
+            (1, 1000, 0.5, 0.02, 300),
+            (2, 1000, 0.9, 0.004, 200),
+            (0, 0, 0.0, 0.0, 50),
+        ]
+    ]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    bench_ct(["--summarize", str(path)])
+    out = capsys.readouterr().out
+    assert out.count("| blend | 36 |") == 4 and "| [3] |" in out
+    assert "| blend | 1000 | 3 | 0.900 | 0.500 | 0.0040 | 0.0200 | 0.9900 | 200 |" in out
+    assert "| blend | drawn | 1 | 0.000 | 0.000 | 0.0000 | 0.0000 | 0.9900 | 50 |" in out
