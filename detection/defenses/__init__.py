@@ -6,6 +6,7 @@ from detection.defenses import (  # noqa: F401
     beatrix,
     ct,
     ensemble,
+    frequency,
     scan,
     sentinet,
     spectre,

@@ -47,7 +47,7 @@ class BeatrixParams(ThresholdParams):
     min_class_reserve: int = Field(
         5, ge=2, description="Fewer reserve samples predicted as a class: use all the reserve."
     )
-    batch_size: int = Field(512, ge=16, le=8192)
+    batch_size: int = Field(256, ge=16, le=8192)
     base_model: BaseModelParams = BaseModelParams()
 
     def requires_clean_reserve(self) -> bool:

@@ -59,6 +59,8 @@ class EnsembleParams(BudgetParams):
         if unknown:
             known = ", ".join(n for n in DETECTORS.names() if n != NAME)
             raise ValueError(f"unknown or nested member detector(s) {unknown}; known: {known}")
+        if set(raw) - set(names):
+            raise ValueError(f"detector_params for non-members: {sorted(set(raw) - set(names))}")
         resolved = {n: DETECTORS.get(n).parse(raw.get(n)).model_dump() for n in names}
         return {**data, "detector_params": resolved}
 

@@ -38,6 +38,7 @@ def test_member_params_are_validated_and_stored_resolved() -> None:
         {"detectors": ["ensemble"]},
         {"detectors": ["ss"], "detector_params": {"ss": {"budget": 3}}},
         {"detectors": ["ss", "ss"]},
+        {"detectors": ["ss"], "detector_params": {"ac": {}}},
         {"detectors": ["ss"], "min_votes": 2},
     ]
     for raw in bad:

@@ -32,6 +32,7 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
     "ct": {"pretrain_epochs": [0.5] * 6, "confusion_iters": [4] * 6, "base_epochs": 0.5},
 }
 TINY_BASE_MODEL = {"epochs": 1, "batch_size": 16}
+TINY_OVERRIDES["frequency"] = {"steps": 4, "batch_size": 16}
 TINY_OVERRIDES["ensemble"] = {
     "detector_params": {name: {"base_model": TINY_BASE_MODEL} for name in ("ss", "ac", "spectre")}
 }
