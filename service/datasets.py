@@ -7,6 +7,8 @@ speak HTTP; the request boundary commits.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +17,15 @@ from typing import BinaryIO
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from detection.readers import DatasetFormatError, LoadedDataset, read_dataset
+from detection.readers import DatasetFormatError, LoadedDataset, ReaderLimits, read_dataset
 from service import repository as repo
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge
+from service.guards import is_infrastructure_fault
 from service.models import Dataset
 from service.storage import LocalStorage, StagedFile, UploadTooLarge
+
+log = logging.getLogger(__name__)
+SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
 
 
 @dataclass(frozen=True)
@@ -44,10 +50,11 @@ def list_page(session: Session, limit: int, offset: int) -> tuple[Sequence[Datas
 
 def upload_suffix(filename: str | None) -> str:
     """The suffix the readers use to pick a format (``.tar.gz`` kept whole)."""
-    suffixes = Path(filename or "").suffixes[-2:]
-    if len(suffixes) == 2 and suffixes[0].lower() != ".tar":
+    suffixes = [s.lower() for s in Path(filename or "").suffixes[-2:]]
+    if len(suffixes) == 2 and suffixes[0] != ".tar":
         suffixes = suffixes[-1:]
-    return "".join(suffixes).lower()
+    # Only short alphanumeric suffixes reach the file system (no ENAMETOOLONG, no odd bytes).
+    return "".join(s for s in suffixes if SUFFIX.match(s))
 
 
 def create(
@@ -56,19 +63,38 @@ def create(
     source: BinaryIO,
     filename: str | None = None,
     name: str | None = None,
+    limits: ReaderLimits | None = None,
 ) -> Created:
-    """Store ``source`` under its sha256 after validating it; the same bytes return the first."""
+    """Store ``source`` under its sha256 after validating it; the same bytes return the first.
+
+    The staged file is removed on every failure path; the stored file is moved
+    into place only once its row was inserted (no orphans from a failed insert).
+    """
     staged = _stage(storage, source, filename)
+    try:
+        return _store(session, storage, staged, name or filename, limits or ReaderLimits())
+    finally:
+        storage.discard(staged)  # a no-op once committed (moved away)
+
+
+def _store(
+    session: Session,
+    storage: LocalStorage,
+    staged: StagedFile,
+    name: str | None,
+    limits: ReaderLimits,
+) -> Created:
     existing = repo.get_dataset_by_sha256(session, staged.sha256)
     if existing is not None:
-        storage.discard(staged)
         return Created(existing, created=False)
-    loaded = _validate(storage, staged)
-    uri = storage.commit(staged, loaded.format)
-    fields = _dataset_fields(name or filename or staged.sha256[:12], staged, loaded, uri)
+    loaded = _validate(staged, limits)
+    uri = storage.uri_for(staged, loaded.format)
+    fields = _dataset_fields(name or staged.sha256[:12], staged, loaded, uri)
     try:
         with session.begin_nested():
-            return Created(repo.create_dataset(session, **fields), created=True)
+            dataset = repo.create_dataset(session, **fields)
+            storage.commit(staged, loaded.format)
+            return Created(dataset, created=True)
     except IntegrityError:
         # A concurrent upload of the same bytes won; its row owns the same file.
         return Created(_existing_or_conflict(session, staged.sha256), created=False)
@@ -81,15 +107,19 @@ def _stage(storage: LocalStorage, source: BinaryIO, filename: str | None) -> Sta
         raise TooLarge(str(exc)) from None
 
 
-def _validate(storage: LocalStorage, staged: StagedFile) -> LoadedDataset:
+def _validate(staged: StagedFile, limits: ReaderLimits) -> LoadedDataset:
     try:
-        return read_dataset(staged.path)
+        return read_dataset(staged.path, limits=limits)
     except DatasetFormatError as exc:
-        storage.discard(staged)
         raise InvalidInput(f"invalid dataset: {exc}") from None
-    except BaseException:
-        storage.discard(staged)
-        raise
+    except MemoryError:
+        raise TooLarge("the dataset does not fit in the server's memory once decoded") from None
+    except Exception as exc:
+        if is_infrastructure_fault(exc):
+            raise
+        # A parser error the reader did not translate (e.g. a malformed .npy header).
+        log.info("upload refused: %s: %s", type(exc).__name__, exc)
+        raise InvalidInput(f"invalid dataset: unreadable file ({type(exc).__name__})") from None
 
 
 def _dataset_fields(

@@ -28,6 +28,7 @@ from service.errors import (
     field_error,
     validation_errors,
 )
+from service.guards import check_finite
 from service.models import Dataset, Job
 from service.queue import JobQueue
 from service.schemas import JobCreate
@@ -90,6 +91,7 @@ def cancel(session: Session, job_id: str) -> Job:
 
 def validate_params(method: str, params: dict[str, Any]) -> Params:
     """The method's validated params model (defaults filled), or :class:`InvalidInput`."""
+    check_finite(params, ("body", "params"))
     if method not in DETECTORS:
         err = field_error(["body", "method"], f"unknown method {method!r}", "enum")
         err["ctx"] = {"expected": DETECTORS.names()}
@@ -118,11 +120,11 @@ def check_inputs(method: str, params: Params, dataset: Dataset, clean: Dataset |
 def _check_indices(name: str, indices: list[int] | None, n_samples: int) -> list[int] | None:
     if indices is None:
         return None
-    arr = np.asarray(indices, dtype=np.int64)
     loc: list[str | int] = ["body", f"ground_truth_{name}_indices"]
-    if arr.size and (arr.min() < 0 or arr.max() >= n_samples):
+    if indices and (min(indices) < 0 or max(indices) >= n_samples):  # before int64 overflows
         msg = f"indices must lie in [0, {n_samples})"
         raise InvalidInput(msg, [field_error(loc, msg, "out_of_range")])
+    arr = np.asarray(indices, dtype=np.int64)
     if np.unique(arr).size != arr.size:
         msg = "indices must be unique"
         raise InvalidInput(msg, [field_error(loc, msg, "duplicate")])

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from service import datasets
-from service.api.deps import SessionDep, StorageDep
+from service.api.deps import SessionDep, SettingsDep, StorageDep
+from service.limits import upload_limits
 from service.models import Dataset
 from service.schemas import DatasetPage, DatasetRead
 
@@ -18,12 +19,14 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 def create_dataset(
     session: SessionDep,
     storage: StorageDep,
+    settings: SettingsDep,
     response: Response,
     file: Annotated[UploadFile, File(description="npz, ImageFolder zip/tar, parquet or csv")],
     name: Annotated[str | None, Form(max_length=255)] = None,
 ) -> Dataset:
     """Upload a dataset; the same bytes return the existing dataset (200)."""
-    stored = datasets.create(session, storage, file.file, filename=file.filename, name=name)
+    limits = upload_limits(settings)
+    stored = datasets.create(session, storage, file.file, file.filename, name, limits)
     if not stored.created:
         response.status_code = 200
     response.headers["Location"] = f"/datasets/{stored.dataset.id}"
@@ -34,7 +37,7 @@ def create_dataset(
 def list_datasets(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> DatasetPage:
     items, total = datasets.list_page(session, limit, offset)
     return DatasetPage(

@@ -21,7 +21,8 @@ def test_readyz_checks_database_and_broker(client: TestClient) -> None:
     resp = client.get("/readyz")
 
     assert resp.status_code == 200, resp.text
-    assert resp.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert resp.json()["checks"] == {"database": "ok", "broker": "ok", "workers": "none alive"}
+    assert resp.json()["status"] == "degraded"  # no worker heartbeat yet
 
 
 def _unreachable(settings: Settings, **changes: str) -> TestClient:

@@ -9,7 +9,7 @@ from service.config import Settings
 from service.db import get_engine
 from tests.service.support import alembic_config
 
-TABLES = {"alembic_version", "dataset", "job", "sample_score"}
+TABLES = {"alembic_version", "dataset", "job", "sample_score", "worker_heartbeat"}
 
 
 def _tables(settings: Settings) -> set[str]:
