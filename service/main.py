@@ -5,15 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 
 from detection.version import code_version
+from service import logs, metrics
 from service.api import datasets, health, jobs, methods, scores
 from service.config import Settings, get_settings
 from service.db import get_sessionmaker
 from service.errors import install_problem_handlers
 from service.guards import RequestGuard, install_fault_handlers
-from service.limits import engine_options
+from service.limits import InflightLimit, engine_options
+from service.logs import RequestIdMiddleware
 from service.queue import Enqueue, JobQueue
 from service.reaper import ReaperThread
 from service.storage import LocalStorage
@@ -35,16 +38,29 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     install_problem_handlers(app)
     install_fault_handlers(app)
     app.add_middleware(RequestGuard, max_body_bytes=body_limit)
+    app.add_middleware(InflightLimit, limit=settings.api_max_inflight)
+    metrics.install(app)  # counts the 503s of the limit too
+    app.add_middleware(RequestIdMiddleware)
     for module in (datasets, jobs, scores, methods, health):
         app.include_router(module.router)
     install_web(app)
     return app
 
 
+def create_served_app() -> FastAPI:
+    """The factory ``poisonscan serve`` runs in each uvicorn process: JSON logs, then the app."""
+    settings = get_settings()
+    if settings.json_logs:
+        logs.configure()
+    return create_app(settings)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the dead-job reaper while the app serves."""
+    """Run the dead-job reaper while the app serves; size the thread pool to the limit."""
     settings: Settings = app.state.settings
+    # Sync routes run on this pool: one thread per request in flight, plus the exempt probes.
+    to_thread.current_default_thread_limiter().total_tokens = settings.api_max_inflight + 8
     thread = ReaperThread(app.state.sessionmaker, settings, app.state.queue)
     thread.start()
     try:

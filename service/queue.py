@@ -67,6 +67,11 @@ class JobQueue:
             self._client = make_celery_client(self.settings)
         return self._client
 
+    @property
+    def in_process(self) -> bool:
+        """True when jobs go to an injected callable instead of a broker."""
+        return self._enqueue is not None
+
     def enqueue(self, job_id: str) -> None:
         if self._enqueue is not None:
             self._enqueue(job_id)

@@ -53,5 +53,18 @@ def install_heartbeat(settings: Settings) -> None:
     signals.worker_shutdown.connect(stop, weak=False)
 
 
+def install_json_logs(settings: Settings) -> None:
+    """One JSON line per record (with the job id) instead of Celery's own log format."""
+    if not settings.json_logs:
+        return
+    from service import logs
+
+    def setup(**_: Any) -> None:
+        logs.configure()
+
+    signals.setup_logging.connect(setup, weak=False)
+
+
 app = make_celery_app(get_settings())
 install_heartbeat(get_settings())
+install_json_logs(get_settings())

@@ -27,6 +27,7 @@ from detection.version import code_version
 from service import repository as repo
 from service.config import Settings
 from service.db import get_sessionmaker, session_scope
+from service.logs import job_context
 from service.models import FINISHED_STATES, JobState
 from service.reaper import is_alive
 from service.storage import LocalStorage
@@ -69,7 +70,12 @@ def run_job(job_id: str, settings: Settings) -> str:
     A finished job is left alone (a redelivered message is a no-op); a job found
     ``running`` (its worker died) runs again and rewrites the same score rows.
     """
-    env = JobEnv.from_settings(settings)
+    with job_context(job_id):
+        return _run_job(JobEnv.from_settings(settings), job_id)
+
+
+def _run_job(env: JobEnv, job_id: str) -> str:
+    settings = env.settings
     spec, state = start_job(env, job_id)
     if spec is None:
         return state

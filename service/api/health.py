@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 
 
 @router.get("/healthz", response_model=Health)
-def healthz() -> Health:
-    """The process is up."""
+async def healthz() -> Health:
+    """The process is up (async: answers even when every worker thread is busy)."""
     return Health(status="ok")
 
 
