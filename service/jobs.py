@@ -20,6 +20,7 @@ from detection.registry import DETECTORS, Params, parse_detector_params, require
 from detection.version import code_version
 from service import datasets
 from service import repository as repo
+from service.cost import check_cost, time_limits
 from service.errors import (
     Conflict,
     InvalidInput,
@@ -62,6 +63,7 @@ def create(session: Session, queue: JobQueue, body: JobCreate) -> Job:
     dataset = datasets.get(session, body.dataset_id)
     clean = None if body.clean_dataset_id is None else datasets.get(session, body.clean_dataset_id)
     check_inputs(body.method, params, dataset, clean)
+    passes = check_cost(params.model_dump(mode="json"), dataset.n_samples, queue.settings)
     job = repo.create_job(
         session,
         dataset_id=dataset.id,
@@ -73,7 +75,7 @@ def create(session: Session, queue: JobQueue, body: JobCreate) -> Job:
         code_version=code_version(),
     )
     session.commit()
-    _enqueue_or_fail(session, queue, job)
+    _enqueue_or_fail(session, queue, job, time_limits(passes, queue.settings))
     return job
 
 
@@ -144,9 +146,11 @@ def ground_truth(body: JobCreate, n_samples: int) -> dict[str, Any] | None:
     return {"poison_indices": poison, "cover_indices": cover or []}
 
 
-def _enqueue_or_fail(session: Session, queue: JobQueue, job: Job) -> None:
+def _enqueue_or_fail(
+    session: Session, queue: JobQueue, job: Job, limits: tuple[float, float] | None = None
+) -> None:
     try:
-        queue.enqueue(job.id)
+        queue.enqueue(job.id, limits)
     except Exception as exc:
         log.exception("could not enqueue job %s", job.id)
         repo.mark_job_failed(session, job.id, f"could not enqueue: {type(exc).__name__}")
