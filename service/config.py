@@ -45,6 +45,35 @@ class Settings(BaseSettings):
     reference_ca_bundle: Path | None = Field(
         None, description="CA certificates (PEM) that https:// references are verified with."
     )
+    # --- production guarantees (hardening, dead jobs, load) ---
+    max_decoded_bytes: int = Field(
+        1024 * MiB, gt=0, description="Budget for a dataset's decoded arrays/pixels at upload."
+    )
+    max_image_pixels: int = Field(
+        4096 * 4096, gt=0, description="Largest image (width x height), read from its header."
+    )
+    heartbeat_interval_s: float = Field(5.0, gt=0.0, le=30.0)
+    heartbeat_timeout_s: float = Field(
+        30.0, gt=0.0, le=60.0, description="A running job whose heartbeat is older is dead."
+    )
+    reaper_interval_s: float = Field(10.0, gt=0.0, le=60.0)
+    max_job_attempts: int = Field(3, ge=1, le=100, description="Requeues of a dead job, then fail.")
+    job_time_limit_min_s: float = Field(600.0, gt=0.0)
+    job_seconds_per_sample_pass: float = Field(
+        0.01, gt=0.0, description="Time limit per estimated sample-pass (slow CPU worker)."
+    )
+    max_sample_passes: float = Field(
+        5e8, gt=0.0, description="Cost cap at POST /jobs: estimated sample-passes of a job."
+    )
+    api_workers: int = Field(1, ge=1, le=64, description="uvicorn processes of `serve`.")
+    api_max_inflight: int = Field(
+        32, ge=1, le=10_000, description="Requests in flight per process; above: 503."
+    )
+    db_pool_size: int = Field(0, ge=0, le=1000, description="0: sized to api_max_inflight.")
+    db_timeout_s: float = Field(
+        15.0, gt=0.0, le=300.0, description="API wait for a pooled connection or a SQLite lock."
+    )
+    json_logs: bool = True
 
     @model_validator(mode="after")
     def _fill_defaults_and_refuse_unsafe(self) -> Self:

@@ -8,6 +8,8 @@ speak HTTP; the request boundary commits.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +18,18 @@ from typing import BinaryIO
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from detection.readers import DatasetFormatError, LoadedDataset, read_dataset
+from detection.readers import DatasetFormatError, LoadedDataset, ReaderLimits, read_dataset
 from service import idempotency, references
 from service import repository as repo
 from service.config import Settings
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge
+from service.guards import is_infrastructure_fault
 from service.idempotency import IdempotentRequest
 from service.models import Dataset
 from service.storage import LocalStorage, StagedFile, UploadTooLarge
+
+log = logging.getLogger(__name__)
+SUFFIX = re.compile(r"^\.[a-z0-9]{1,8}$")
 
 
 @dataclass(frozen=True)
@@ -48,10 +54,11 @@ def list_page(session: Session, limit: int, offset: int) -> tuple[Sequence[Datas
 
 def upload_suffix(filename: str | None) -> str:
     """The suffix the readers use to pick a format (``.tar.gz`` kept whole)."""
-    suffixes = Path(filename or "").suffixes[-2:]
-    if len(suffixes) == 2 and suffixes[0].lower() != ".tar":
+    suffixes = [s.lower() for s in Path(filename or "").suffixes[-2:]]
+    if len(suffixes) == 2 and suffixes[0] != ".tar":
         suffixes = suffixes[-1:]
-    return "".join(suffixes).lower()
+    # Only short alphanumeric suffixes reach the file system (no ENAMETOOLONG, no odd bytes).
+    return "".join(s for s in suffixes if SUFFIX.match(s))
 
 
 def create(
@@ -62,28 +69,31 @@ def create(
     name: str | None = None,
     idempotency_key: str | None = None,
     source_uri: str | None = None,
+    limits: ReaderLimits | None = None,
 ) -> Created:
     """Store ``source`` under its sha256 after validating it; the same bytes return the first.
 
     With ``idempotency_key``, a repeat of the same upload (bytes, name, filename)
     returns the first outcome; another upload under the key is a :class:`Conflict`.
+    The staged file is removed on every failure path; the stored file is moved
+    into place only once its row was inserted (no orphans from a failed insert).
     """
     staged = _stage(storage, source, filename)
-    request = None
-    if idempotency_key is not None:
-        body = {"sha256": staged.sha256, "name": name, "filename": filename}
-        request = IdempotentRequest("datasets", idempotency_key, idempotency.fingerprint(body))
     try:
+        request = None
+        if idempotency_key is not None:
+            body = {"sha256": staged.sha256, "name": name, "filename": filename}
+            request = IdempotentRequest("datasets", idempotency_key, idempotency.fingerprint(body))
         record = idempotency.replayed(session, request)
-    except Conflict:
-        storage.discard(staged)
-        raise
-    if record is not None:
-        storage.discard(staged)
-        return Created(get(session, record.resource_id), created=record.status_code == 201)
-    stored = _store(session, storage, staged, name or filename, source_uri)
-    idempotency.remember(session, request, 201 if stored.created else 200, stored.dataset.id)
-    return stored
+        if record is not None:
+            return Created(get(session, record.resource_id), created=record.status_code == 201)
+        stored = _store(
+            session, storage, staged, name or filename, source_uri, limits or ReaderLimits()
+        )
+        idempotency.remember(session, request, 201 if stored.created else 200, stored.dataset.id)
+        return stored
+    finally:
+        storage.discard(staged)  # a no-op once committed (moved away)
 
 
 def create_from_reference(
@@ -93,6 +103,7 @@ def create_from_reference(
     uri: str,
     name: str | None = None,
     idempotency_key: str | None = None,
+    limits: ReaderLimits | None = None,
 ) -> Created:
     """Copy the dataset at ``uri`` into storage with the checks of an upload (size first)."""
     ref = references.resolve(uri, settings)
@@ -100,7 +111,9 @@ def create_from_reference(
     if size is not None and size > storage.max_upload_bytes:
         raise TooLarge(f"{uri} holds {size} bytes; the limit is {storage.max_upload_bytes}")
     with references.open_reference(ref) as fh:
-        return create(session, storage, fh, ref.filename, name, idempotency_key, source_uri=uri)
+        return create(
+            session, storage, fh, ref.filename, name, idempotency_key, source_uri=uri, limits=limits
+        )
 
 
 def _store(
@@ -109,19 +122,20 @@ def _store(
     staged: StagedFile,
     name: str | None,
     source_uri: str | None,
+    limits: ReaderLimits,
 ) -> Created:
     existing = repo.get_dataset_by_sha256(session, staged.sha256)
     if existing is not None:
-        storage.discard(staged)
         return Created(existing, created=False)
-    loaded = _validate(storage, staged)
-    uri = storage.commit(staged, loaded.format)
+    loaded = _validate(staged, limits)
+    uri = storage.uri_for(staged, loaded.format)
     fields = _dataset_fields(name or staged.sha256[:12], staged, loaded, uri)
     fields["source_uri"] = source_uri
     try:
         with session.begin_nested():
             dataset = repo.create_dataset(session, **fields)
             repo.create_dataset_samples(session, dataset.id, loaded.sources or [])
+            storage.commit(staged, loaded.format)
             return Created(dataset, created=True)
     except IntegrityError:
         # A concurrent upload of the same bytes won; its row owns the same file.
@@ -147,15 +161,19 @@ def _stage(storage: LocalStorage, source: BinaryIO, filename: str | None) -> Sta
         raise TooLarge(str(exc)) from None
 
 
-def _validate(storage: LocalStorage, staged: StagedFile) -> LoadedDataset:
+def _validate(staged: StagedFile, limits: ReaderLimits) -> LoadedDataset:
     try:
-        return read_dataset(staged.path)
+        return read_dataset(staged.path, limits=limits)
     except DatasetFormatError as exc:
-        storage.discard(staged)
         raise InvalidInput(f"invalid dataset: {exc}") from None
-    except BaseException:
-        storage.discard(staged)
-        raise
+    except MemoryError:
+        raise TooLarge("the dataset does not fit in the server's memory once decoded") from None
+    except Exception as exc:
+        if is_infrastructure_fault(exc):
+            raise
+        # A parser error the reader did not translate (e.g. a malformed .npy header).
+        log.info("upload refused: %s: %s", type(exc).__name__, exc)
+        raise InvalidInput(f"invalid dataset: unreadable file ({type(exc).__name__})") from None
 
 
 def _dataset_fields(

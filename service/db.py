@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +21,16 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """Pool sizing and lock waits (:func:`service.limits.engine_options` sizes them)."""
+
+    pool_size: int = 5
+    max_overflow: int = 10
+    pool_timeout_s: float = 30.0
+    sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+
+
 def normalise_url(url: str) -> str:
     """Use psycopg 3 for every PostgreSQL URL."""
     for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
@@ -28,36 +39,47 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def _sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None:
-    del connection_record
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+    def on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        del connection_record
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+    return on_connect
 
 
-def create_db_engine(url: str) -> Engine:
+def create_db_engine(url: str, options: EngineOptions | None = None) -> Engine:
     """An engine for ``url``; SQLite gets WAL, foreign keys and cross-thread use."""
     url = normalise_url(url)
+    opts = options or EngineOptions()
+    pool = {
+        "pool_size": opts.pool_size,
+        "max_overflow": opts.max_overflow,
+        "pool_timeout": opts.pool_timeout_s,
+    }
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, **pool)
     database = make_url(url).database
     if database:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-    event.listen(engine, "connect", _sqlite_pragmas)
+    timeout_s = opts.sqlite_busy_timeout_ms / 1000
+    connect_args = {"check_same_thread": False, "timeout": timeout_s}
+    engine = create_engine(url, connect_args=connect_args, **pool)
+    event.listen(engine, "connect", _sqlite_pragmas(opts.sqlite_busy_timeout_ms))
     return engine
 
 
 @lru_cache(maxsize=16)
-def get_engine(url: str) -> Engine:
-    """One engine per URL per process."""
-    return create_db_engine(url)
+def get_engine(url: str, options: EngineOptions | None = None) -> Engine:
+    """One engine per URL (and pool options) per process."""
+    return create_db_engine(url, options)
 
 
-def get_sessionmaker(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+def get_sessionmaker(url: str, options: EngineOptions | None = None) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(url, options), expire_on_commit=False)
 
 
 @contextmanager

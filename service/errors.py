@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -25,6 +26,21 @@ log = logging.getLogger(__name__)
 
 class ProblemResponse(JSONResponse):
     media_type = PROBLEM_JSON
+
+    def render(self, content: Any) -> bytes:
+        # Errors echo the input, which may hold NaN or infinities: strict JSON has neither.
+        return super().render(_json_finite(content))
+
+
+def _json_finite(value: Any) -> Any:
+    """``value`` with non-finite floats as strings (``"nan"``, ``"inf"``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_finite(v) for v in value]
+    return value
 
 
 def problem(

@@ -20,6 +20,7 @@ from detection.registry import DETECTORS, Params, parse_detector_params, require
 from detection.version import code_version
 from service import datasets, idempotency
 from service import repository as repo
+from service.cost import check_cost, time_limits
 from service.errors import (
     Conflict,
     InvalidInput,
@@ -28,6 +29,7 @@ from service.errors import (
     field_error,
     validation_errors,
 )
+from service.guards import check_finite
 from service.idempotency import IdempotentRequest
 from service.models import FINISHED_STATES, Dataset, Job
 from service.queue import JobQueue
@@ -75,6 +77,7 @@ def create(
     dataset = datasets.get(session, body.dataset_id)
     clean = None if body.clean_dataset_id is None else datasets.get(session, body.clean_dataset_id)
     check_inputs(body.method, params, dataset, clean)
+    passes = check_cost(params.model_dump(mode="json"), dataset.n_samples, queue.settings)
     job = repo.create_job(
         session,
         dataset_id=dataset.id,
@@ -88,7 +91,7 @@ def create(
     )
     idempotency.remember(session, request, 202, job.id)
     session.commit()
-    _enqueue_or_fail(session, queue, job)
+    _enqueue_or_fail(session, queue, job, time_limits(passes, queue.settings))
     return job
 
 
@@ -116,6 +119,7 @@ def delete(session: Session, storage: LocalStorage, job_id: str) -> None:
 
 def validate_params(method: str, params: dict[str, Any]) -> Params:
     """The method's validated params model (defaults filled), or :class:`InvalidInput`."""
+    check_finite(params, ("body", "params"))
     if method not in DETECTORS:
         err = field_error(["body", "method"], f"unknown method {method!r}", "enum")
         err["ctx"] = {"expected": DETECTORS.names()}
@@ -169,11 +173,11 @@ def check_inputs(method: str, params: Params, dataset: Dataset, clean: Dataset |
 def _check_indices(name: str, indices: list[int] | None, n_samples: int) -> list[int] | None:
     if indices is None:
         return None
-    arr = np.asarray(indices, dtype=np.int64)
     loc: list[str | int] = ["body", f"ground_truth_{name}_indices"]
-    if arr.size and (arr.min() < 0 or arr.max() >= n_samples):
+    if indices and (min(indices) < 0 or max(indices) >= n_samples):  # before int64 overflows
         msg = f"indices must lie in [0, {n_samples})"
         raise InvalidInput(msg, [field_error(loc, msg, "out_of_range")])
+    arr = np.asarray(indices, dtype=np.int64)
     if np.unique(arr).size != arr.size:
         msg = "indices must be unique"
         raise InvalidInput(msg, [field_error(loc, msg, "duplicate")])
@@ -193,9 +197,11 @@ def ground_truth(body: JobCreate, n_samples: int) -> dict[str, Any] | None:
     return {"poison_indices": poison, "cover_indices": cover or []}
 
 
-def _enqueue_or_fail(session: Session, queue: JobQueue, job: Job) -> None:
+def _enqueue_or_fail(
+    session: Session, queue: JobQueue, job: Job, limits: tuple[float, float] | None = None
+) -> None:
     try:
-        queue.enqueue(job.id)
+        queue.enqueue(job.id, limits)
     except Exception as exc:
         log.exception("could not enqueue job %s", job.id)
         repo.mark_job_failed(session, job.id, f"could not enqueue: {type(exc).__name__}")

@@ -140,6 +140,7 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    heartbeat_at: Mapped[datetime | None]  # written by the worker while the job runs
 
     @property
     def has_ground_truth(self) -> bool:
@@ -176,3 +177,13 @@ class SampleScore(Base):
     score: Mapped[float] = mapped_column(Double)
     flagged: Mapped[bool] = mapped_column(Boolean)
     rank: Mapped[int] = mapped_column(Integer)
+
+
+class WorkerHeartbeat(Base):
+    """One row per worker process, refreshed while it lives (``/readyz`` reads it)."""
+
+    __tablename__ = "worker_heartbeat"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -67,11 +67,24 @@ class JobQueue:
             self._client = make_celery_client(self.settings)
         return self._client
 
-    def enqueue(self, job_id: str) -> None:
+    @property
+    def in_process(self) -> bool:
+        """True when jobs go to an injected callable instead of a broker."""
+        return self._enqueue is not None
+
+    def enqueue(self, job_id: str, time_limits: tuple[float, float] | None = None) -> None:
+        """Send the job; ``time_limits`` = (soft, hard) seconds for Celery (prefork pools)."""
         if self._enqueue is not None:
             self._enqueue(job_id)
             return
-        self.client.send_task(RUN_JOB_TASK, args=[job_id], queue=self.settings.job_queue)
+        soft, hard = time_limits or (None, None)
+        self.client.send_task(
+            RUN_JOB_TASK,
+            args=[job_id],
+            queue=self.settings.job_queue,
+            soft_time_limit=soft,
+            time_limit=hard,
+        )
 
     def ping(self) -> None:
         """Raise when the broker cannot be reached."""

@@ -64,7 +64,9 @@ def decode_cursor(cursor: str, order: ScoreOrder, flagged: bool | None) -> int:
         same_query = data["o"] == order and data["f"] == flagged
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise InvalidInput("invalid cursor") from None
-    if not isinstance(key, int) or not same_query:
+    if isinstance(key, bool) or not isinstance(key, int) or not -1 <= key < 2**31:
+        raise InvalidInput("invalid cursor")
+    if not same_query:
         raise InvalidInput("the cursor belongs to a different query (order or flagged)")
     return key
 

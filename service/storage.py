@@ -73,9 +73,13 @@ class LocalStorage:
             os.fsync(target.fileno())
         return digest.hexdigest(), size
 
+    def uri_for(self, staged: StagedFile, ext: str) -> str:
+        """The URI :meth:`commit` will give ``staged``."""
+        return f"{SCHEME}{staged.sha256[:2]}/{staged.sha256}.{ext.lstrip('.')}"
+
     def commit(self, staged: StagedFile, ext: str) -> str:
         """Move a staged file to its content address; returns its URI."""
-        key = f"{staged.sha256[:2]}/{staged.sha256}.{ext.lstrip('.')}"
+        key = self.uri_for(staged, ext)[len(SCHEME) :]
         final = self.root / key
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, final)

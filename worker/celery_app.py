@@ -7,7 +7,9 @@ whose worker died is requeued. Results live in the job row; no result backend.
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
+
+from celery import Celery, signals
 
 from service.config import Settings, get_settings
 from service.queue import RUN_JOB_TASK, broker_transport_options, job_queues
@@ -33,4 +35,36 @@ def make_celery_app(settings: Settings) -> Celery:
     return app
 
 
+def install_heartbeat(settings: Settings) -> None:
+    """Beat (and reap) from the worker's main process while it runs."""
+    from worker.heartbeat import WorkerHeartbeat
+
+    beats: list[WorkerHeartbeat] = []
+
+    def start(**_: Any) -> None:
+        beats.append(WorkerHeartbeat(settings))
+        beats[-1].start()
+
+    def stop(**_: Any) -> None:
+        while beats:
+            beats.pop().stop()
+
+    signals.worker_ready.connect(start, weak=False)
+    signals.worker_shutdown.connect(stop, weak=False)
+
+
+def install_json_logs(settings: Settings) -> None:
+    """One JSON line per record (with the job id) instead of Celery's own log format."""
+    if not settings.json_logs:
+        return
+    from service import logs
+
+    def setup(**_: Any) -> None:
+        logs.configure()
+
+    signals.setup_logging.connect(setup, weak=False)
+
+
 app = make_celery_app(get_settings())
+install_heartbeat(get_settings())
+install_json_logs(get_settings())

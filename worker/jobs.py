@@ -27,8 +27,11 @@ from detection.version import code_version
 from service import repository as repo
 from service.config import Settings
 from service.db import get_sessionmaker, session_scope
+from service.logs import job_context
 from service.models import FINISHED_STATES, JobState
+from service.reaper import is_alive
 from service.storage import LocalStorage
+from worker.heartbeat import JobHeartbeat
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 1000
@@ -67,18 +70,24 @@ def run_job(job_id: str, settings: Settings) -> str:
     A finished job is left alone (a redelivered message is a no-op); a job found
     ``running`` (its worker died) runs again and rewrites the same score rows.
     """
-    env = JobEnv.from_settings(settings)
+    with job_context(job_id):
+        return _run_job(JobEnv.from_settings(settings), job_id)
+
+
+def _run_job(env: JobEnv, job_id: str) -> str:
+    settings = env.settings
     spec, state = start_job(env, job_id)
     if spec is None:
         return state
-    try:
-        return execute(env, spec)
-    except JobCancelled:
-        log.info("job %s cancelled", job_id)
-        return finish_cancelled(env, job_id)
-    except Exception as exc:
-        log.exception("job %s failed", job_id)
-        return finish_failed(env, job_id, short_error(exc))
+    with JobHeartbeat(env.sessions, job_id, settings.heartbeat_interval_s):
+        try:
+            return execute(env, spec)
+        except JobCancelled:
+            log.info("job %s cancelled", job_id)
+            return finish_cancelled(env, job_id)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            return finish_failed(env, job_id, short_error(exc))
 
 
 def start_job(env: JobEnv, job_id: str) -> tuple[JobSpec | None, str]:
@@ -93,6 +102,9 @@ def start_job(env: JobEnv, job_id: str) -> tuple[JobSpec | None, str]:
         if job.state == JobState.cancelling:
             repo.mark_job_cancelled(session, job_id)
             return None, JobState.cancelled.value
+        if job.state == JobState.running and is_alive(job, env.settings.heartbeat_timeout_s):
+            log.warning("job %s runs on a live worker; duplicate message dropped", job_id)
+            return None, job.state
         repo.mark_job_running(session, job_id, code_version())
         log.info("job %s running (%s, attempt %d)", job_id, job.method, job.attempts + 1)
         return _spec(session, job_id), JobState.running.value

@@ -28,12 +28,23 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.config import get_settings
+
+    args.workers = args.workers or get_settings().api_workers
     migrate()
     worker = None
     if args.with_worker:
         worker = subprocess.Popen(worker_command("gpu,cpu", 1), env=os.environ.copy())
     try:
-        uvicorn.run("service.main:create_app", factory=True, host=args.host, port=args.port)
+        uvicorn.run(
+            "service.main:create_served_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=None,  # the app configures (JSON) logging in each process
+            timeout_graceful_shutdown=30,
+        )
     finally:
         if worker is not None:
             worker.terminate()
@@ -52,6 +63,12 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--with-worker", action="store_true", help="also start a local worker")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes (default: POISONSCAN_API_WORKERS, 1)",
+    )
     s.set_defaults(func=cmd_serve)
     w = sub.add_parser("worker", help="run a Celery worker")
     w.add_argument("-Q", "--queues", default="gpu,cpu")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from service import datasets
 from service.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep
 from service.api.responses import problems
+from service.limits import upload_limits
 from service.models import Dataset
 from service.schemas import DatasetImport, DatasetPage, DatasetRead
 
@@ -27,6 +28,7 @@ REUPLOAD: dict[int | str, dict[str, Any]] = {
 def create_dataset(
     session: SessionDep,
     storage: StorageDep,
+    settings: SettingsDep,
     response: Response,
     file: Annotated[UploadFile, File(description="npz, ImageFolder zip/tar, parquet or csv")],
     name: Annotated[str | None, Form(max_length=255)] = None,
@@ -34,7 +36,13 @@ def create_dataset(
 ) -> Dataset:
     """Upload a dataset (201); the same bytes return the existing dataset (200)."""
     stored = datasets.create(
-        session, storage, file.file, file.filename, name, idempotency_key=idempotency_key
+        session,
+        storage,
+        file.file,
+        file.filename,
+        name,
+        idempotency_key=idempotency_key,
+        limits=upload_limits(settings),
     )
     if not stored.created:
         response.status_code = 200
@@ -59,7 +67,7 @@ def import_dataset(
     """Copy a dataset from s3://, https:// or file:// (under an allowed root) and check it
     like an upload (201); bytes stored before return that dataset (200)."""
     stored = datasets.create_from_reference(
-        session, storage, settings, body.uri, body.name, idempotency_key
+        session, storage, settings, body.uri, body.name, idempotency_key, upload_limits(settings)
     )
     if not stored.created:
         response.status_code = 200
@@ -71,7 +79,7 @@ def import_dataset(
 def list_datasets(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> DatasetPage:
     """Newest first."""
     items, total = datasets.list_page(session, limit, offset)

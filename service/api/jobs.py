@@ -51,7 +51,7 @@ def list_jobs(
     method: Annotated[str | None, Query(max_length=64)] = None,
     dataset_id: Annotated[str | None, Query(max_length=36)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> JobPage:
     """Newest first, filtered by state, method and dataset."""
     filters = repo.JobFilters(state=state and state.value, method=method, dataset_id=dataset_id)

@@ -333,4 +333,3 @@ def test_fast_preset_finds_one_percent_badnet_on_fashion(
     m = evaluate(res.scores, res.flags, ps.poison_indices)
     assert m["tpr"] >= 0.9 and m["fpr"] <= 0.02, m
     assert m["auroc"] >= 0.99 and res.target_classes == [target]
-

@@ -21,7 +21,8 @@ def test_readyz_checks_database_and_broker(client: TestClient) -> None:
     resp = client.get("/readyz")
 
     assert resp.status_code == 200, resp.text
-    assert resp.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert resp.json()["checks"] == {"database": "ok", "broker": "ok", "workers": "none alive"}
+    assert resp.json()["status"] == "degraded"  # no worker heartbeat yet
 
 
 def _unreachable(settings: Settings, **changes: str) -> TestClient:
@@ -68,17 +69,18 @@ def test_unknown_route_is_a_problem(client: TestClient) -> None:
     assert resp.json()["instance"] == "/nowhere"
 
 
-def test_unexpected_errors_are_500_problems_without_internals(settings: Settings) -> None:
+def test_database_down_is_a_503_problem_without_internals(settings: Settings) -> None:
     dead_db = "postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2"
     with _unreachable(settings, database_url=dead_db) as client:
         resp = client.get("/jobs")
 
-    assert resp.status_code == 500
+    assert resp.status_code == 503
     assert resp.headers["content-type"] == PROBLEM
+    assert resp.headers["retry-after"] == "5"
     assert resp.json() == {
         "type": "about:blank",
-        "title": "Internal Server Error",
-        "status": 500,
-        "detail": "An unexpected error occurred.",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "the database is unavailable or busy; retry later",
         "instance": "/jobs",
     }
