@@ -65,7 +65,7 @@ def test_sync_client_uploads_runs_waits_and_reads_scores(
             ground_truth_poison_indices=planted.poison_indices.tolist(),
         )
         done = ps.wait(
-            job.id, timeout=180, interval=0.2, on_update=lambda j: updates.append(j.state)
+            job.id, timeout=300, interval=0.2, on_update=lambda j: updates.append(j.state)
         )
         rows = list(ps.iter_scores(done.id, page_size=128))
         flagged = list(ps.iter_scores(done.id, flagged=True, page_size=50))
@@ -114,7 +114,7 @@ def test_async_client_runs_the_same_flow_and_cancels(
                 data, filename="digits.npz", progress=lambda s, t: sent.append(s)
             )
             job = await ps.submit(dataset.id, "ss", SS, seed=1)
-            done = await ps.wait(job.id, timeout=180, interval=0.2, check=True)
+            done = await ps.wait(job.id, timeout=300, interval=0.2, check=True)
             rows = [row async for row in ps.iter_scores(done.id, order="index", page_size=256)]
             long = await ps.submit(dataset.id, "ss", {"base_model": {"epochs": 200}}, seed=2)
             cancelled = await ps.cancel(long.id)

@@ -68,7 +68,7 @@ def test_a_generated_client_uploads_runs_polls_and_pages(
         )
         from poisonscan_generated.types import File
 
-        client = Client(base_url=url, raise_on_unexpected_status=True)
+        client = Client(base_url=url, raise_on_unexpected_status=True, timeout=httpx.Timeout(60.0))
         upload = BodyCreateDataset(file=File(payload=io.BytesIO(data), file_name="digits.npz"))
         created = create_dataset.sync_detailed(client=client, body=upload)
         again = create_dataset.sync_detailed(
@@ -81,7 +81,7 @@ def test_a_generated_client_uploads_runs_polls_and_pages(
         replayed = create_job.sync_detailed(client=client, body=body, idempotency_key="gen-1")
         job_id = posted.parsed.id
         job = get_job.sync(job_id, client=client)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while job.state.value not in FINISHED and time.monotonic() < deadline:
             time.sleep(0.3)
             job = get_job.sync(job_id, client=client)

@@ -37,7 +37,7 @@ def test_an_s3_dataset_is_scanned_end_to_end(
             {"budget": 0.2, "base_model": {"arch": "mlp", "epochs": 3}},
             ground_truth_poison_indices=poison,
         )
-        done = ps.wait(job.id, timeout=180, interval=0.2, check=True)
+        done = ps.wait(job.id, timeout=300, interval=0.2, check=True)
         top = next(ps.iter_scores(done.id, page_size=10))
 
     assert dataset.source_uri == "s3://datasets/digits/train.npz"
