@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
+from types import FrameType
 from typing import Any
 
 from poisonscan.runtime import migrate, worker_command
@@ -31,11 +33,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.config import get_settings
 
     args.workers = args.workers or get_settings().api_workers
+    # SIGTERM must unwind through ``finally`` (the default handler kills at once and
+    # would orphan the worker); uvicorn re-raises it after its graceful shutdown.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     migrate()
     worker = None
-    if args.with_worker:
-        worker = subprocess.Popen(worker_command("gpu,cpu", 1), env=os.environ.copy())
     try:
+        if args.with_worker:
+            worker = subprocess.Popen(worker_command("gpu,cpu", 1), env=os.environ.copy())
         uvicorn.run(
             "service.main:create_served_app",
             factory=True,
@@ -47,9 +52,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+            _stop_worker(worker)
     return 0
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    del frame
+    raise SystemExit(128 + signum)
+
+
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (Celery finishes or requeues its task), then a kill after 30 s."""
+    worker.terminate()
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
