@@ -229,10 +229,10 @@ def train_steps(
         opt.step()
         sched.step()
         stop = on_step is not None and on_step(step)
+        ctx.check_cancel()  # every step: the caller's poller rate-limits its own checks
         if (step + 1) % check_every == 0 or step + 1 == n_steps or stop:
             history.append(float(loss.detach()))
             ctx.report(stage, (step + 1) / max(1, n_steps))
-            ctx.check_cancel()
         if stop:
             break
     model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,13 +139,16 @@ def test_cancel_stops_a_running_job(
             client, job["id"], lambda j: (j["stage"] or "").startswith("base_model"), 120
         )
         assert queue_size("cpu") == 0  # a gpu message is not copied into the cpu queue
+        asked = time.monotonic()
         cancel = client.post(f"/jobs/{job['id']}/cancel")
         done = wait_for_state(client, job["id"], {"cancelled", "failed", "succeeded"}, 60)
+        latency = time.monotonic() - asked
 
     assert training["state"] == "running"
     assert 0.0 < training["progress"] < 0.5
     assert (cancel.status_code, cancel.json()["state"]) == (202, "cancelling")
     assert done["state"] == "cancelled"
+    assert latency < 15.0  # polled every second, checked every training step
     assert done["finished_at"] is not None
     assert count_rows(settings, job["id"]) == 0
     assert client.get(f"/jobs/{job['id']}/scores").status_code == 409
