@@ -68,7 +68,9 @@ def run_job(job_id: str, settings: Settings) -> str:
     """Run job ``job_id`` to a final state and return it.
 
     A finished job is left alone (a redelivered message is a no-op); a job found
-    ``running`` (its worker died) runs again and rewrites the same score rows.
+    ``running`` with a stale heartbeat (its worker died) runs again and rewrites
+    the same score rows; with a fresh heartbeat (a live worker holds it) the
+    message is dropped.
     """
     with job_context(job_id):
         return _run_job(JobEnv.from_settings(settings), job_id)

@@ -43,5 +43,7 @@ def test_200_pollers_get_200_or_503_and_healthz_stays_responsive(
     assert set(result.statuses) <= {"200", "503"}, result.statuses
     assert result.statuses["200"] > 0
     assert elapsed < 15.0  # every poller finished its last request soon after the 3 s
-    assert max(result.healthz_s) < 2.0
+    # The probe shares the client's event loop with 200 pollers (2 shared cores): a loose bound
+    # here, a strict one once the load stops (the lock-up kept /healthz away for ~90 s).
+    assert max(result.healthz_s) < 5.0
     assert healthz_after_s < 0.5

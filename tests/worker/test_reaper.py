@@ -152,15 +152,17 @@ def test_sigkilled_worker_job_is_requeued_and_finishes(
 
 @pytest.mark.slow
 def test_sigkilled_worker_job_fails_when_attempts_are_spent(
-    fast: Settings, dataset_id: str, tmp_path: Path
+    fast: Settings, planted: Planted, tmp_path: Path
 ) -> None:
     one_try = fast.model_copy(update={"max_job_attempts": 1})
     env = settings_env(one_try) | {f"POISONSCAN_{k.upper()}": str(v) for k, v in FAST.items()}
     env["POISONSCAN_MAX_JOB_ATTEMPTS"] = "1"
     with TestClient(create_app(one_try), raise_server_exceptions=False) as api:
-        job_id = post_job(api, dataset_id, base_model={"arch": "mlp", "epochs": 400})
+        dataset_id = upload(api, npz_bytes(planted.x, planted.labels, tmp_path)).json()["id"]
+        long_run = {"arch": "mlp", "epochs": 400, "batch_size": 16}
+        job_id = post_job(api, dataset_id, base_model=long_run)
         with celery_worker(one_try, tmp_path / "a.log", env=env) as worker:
-            wait_for(api, job_id, lambda j: (j["stage"] or "").startswith("base_model"), 120)
+            wait_for_state(api, job_id, {"running"}, 120)
             worker.kill()
             done = wait_for_state(api, job_id, {"failed", "queued"}, 30)
     assert done["state"] == "failed"
