@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detection.attacks import ATTACKS, PoisonedSet, plant
+from detection.cache import ModelCache
 from detection.datasets import load_source, split_reserve
 from detection.metrics import evaluate
 from detection.readers import LoadedDataset
@@ -74,12 +75,13 @@ class Runner(Protocol):
 
 
 def local_runner(device: str | None = None) -> Runner:
-    """Run detectors in this process through the registry."""
+    """Run detectors in this process through the registry, sharing trained base models."""
+    models = ModelCache()
 
     def run(
         inp: DetectionInput, detector: str, params: Mapping[str, Any], seed: int
     ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-        ctx = RunContext(device=device or "auto", seed=seed)
+        ctx = RunContext(device=device or "auto", seed=seed, models=models)
         result = run_detector(detector, inp, params, ctx)
         return result.scores, result.flags
 
