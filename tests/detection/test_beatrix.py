@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from detection.attacks import PoisonedSet, plant
-from detection.datasets import split_reserve
+from detection.attacks import PoisonedSet
 from detection.defenses.beatrix import feature_map, gram_features
 from detection.metrics import evaluate
 from detection.models import build_model
-from detection.readers import LoadedDataset
 from detection.registry import parse_detector_params, requires_clean_reserve, run_detector
 from detection.types import DetectionError, DetectionInput, RunContext
 
@@ -34,19 +32,6 @@ def test_feature_map_is_the_last_map_before_pooling() -> None:
     assert feature_map(model, torch.zeros(4, 1, 16, 16)).shape == (4, 32, 16)  # 4x4 positions
     mlp = build_model("mlp", (6,), 3, width=16).eval()
     assert feature_map(mlp, torch.zeros(4, 6)).shape == (4, 16, 1)
-
-
-@pytest.fixture(scope="module")
-def poisoned_digits(digits: LoadedDataset) -> tuple[DetectionInput, PoisonedSet]:
-    """Digits minus a 200-sample clean reserve, 4% BadNet into class 0."""
-    torch.set_num_threads(1)
-    inspected, reserve = split_reserve(digits.labels, 200, seed=0)
-    attack = {"rate": 0.04, "target_class": 0}
-    ps = plant("badnet", digits.x[inspected], digits.labels[inspected], 10, attack, seed=0)
-    inp = DetectionInput(
-        ps.x, ps.labels, 10, clean_x=digits.x[reserve], clean_labels=digits.labels[reserve]
-    )
-    return inp, ps
 
 
 def test_beatrix_finds_badnet_on_digits(

@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from detection.attacks import PoisonedSet, plant
-from detection.datasets import split_reserve
+from detection.attacks import PoisonedSet
 from detection.defenses.sentinet import fit_boundary, grad_cam_masks
 from detection.metrics import evaluate
 from detection.models import build_model
-from detection.readers import LoadedDataset
 from detection.registry import run_detector
 from detection.types import DetectionError, DetectionInput, RunContext
 
@@ -32,19 +30,6 @@ def test_fit_boundary_lies_over_clean_points() -> None:
     fooled = np.clip(0.5 * conf + rng.normal(0, 0.05, 500), 0, 1)
     coef = fit_boundary(conf, fooled, n_bins=10, quantile=0.95)
     assert ((fooled - np.polyval(coef, conf)) > 0).mean() < 0.12
-
-
-@pytest.fixture(scope="module")
-def poisoned_digits(digits: LoadedDataset) -> tuple[DetectionInput, PoisonedSet]:
-    """Digits minus a 200-sample clean reserve, 4% BadNet into class 0."""
-    torch.set_num_threads(1)
-    inspected, reserve = split_reserve(digits.labels, 200, seed=0)
-    attack = {"rate": 0.04, "target_class": 0}
-    ps = plant("badnet", digits.x[inspected], digits.labels[inspected], 10, attack, seed=0)
-    inp = DetectionInput(
-        ps.x, ps.labels, 10, clean_x=digits.x[reserve], clean_labels=digits.labels[reserve]
-    )
-    return inp, ps
 
 
 def test_sentinet_finds_badnet_on_digits(

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy.linalg import expm
 
-from detection.attacks import PoisonedSet, plant
-from detection.datasets import split_reserve
+from detection.attacks import PoisonedSet
 from detection.defenses.spectre import (
     SpectreParams,
     dims_grid,
@@ -17,7 +15,6 @@ from detection.defenses.spectre import (
     robust_mean_cov,
 )
 from detection.metrics import evaluate
-from detection.readers import LoadedDataset
 from detection.registry import run_detector
 from detection.types import DetectionError, DetectionInput, RunContext
 
@@ -61,19 +58,6 @@ def test_fit_class_ranks_a_shifted_subpopulation_first() -> None:
     scores = fit.score(features)
     assert set(np.argsort(-scores)[:60].tolist()) == set(range(60))
     assert scores[60:].mean() == pytest.approx(1.0, abs=0.3)  # clean QUE score ~1 on average
-
-
-@pytest.fixture(scope="module")
-def poisoned_digits(digits: LoadedDataset) -> tuple[DetectionInput, PoisonedSet]:
-    """Digits minus a 200-sample clean reserve, 4% BadNet into class 0."""
-    torch.set_num_threads(1)
-    inspected, reserve = split_reserve(digits.labels, 200, seed=0)
-    attack = {"rate": 0.04, "target_class": 0}
-    ps = plant("badnet", digits.x[inspected], digits.labels[inspected], 10, attack, seed=0)
-    inp = DetectionInput(
-        ps.x, ps.labels, 10, clean_x=digits.x[reserve], clean_labels=digits.labels[reserve]
-    )
-    return inp, ps
 
 
 def test_spectre_finds_badnet_on_digits(

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from detection.attacks import PoisonedSet, plant
+from detection.attacks import PoisonedSet
 from detection.base_model import BaseModelParams
 from detection.cache import CachedModelModified
-from detection.datasets import split_reserve
 from detection.defenses.ac import activation_clustering, cluster_class
 from detection.defenses.common import class_groups, fitted_base_model, robust_outlier_classes
 from detection.defenses.ss import spectral_fit, spectral_scores, tail_shares
 from detection.metrics import evaluate
-from detection.readers import LoadedDataset
 from detection.registry import run_detector
 from detection.thresholds import clean_fpr_cut, flag_top_fraction
 from detection.types import DetectionError, DetectionInput, RunContext
@@ -135,22 +133,6 @@ def test_cluster_class_leaves_balanced_split_alone() -> None:
 
 
 # --------------------------------------------------------------------------- real data
-
-
-@pytest.fixture(scope="module")
-def poisoned_digits(digits: LoadedDataset) -> tuple[DetectionInput, PoisonedSet]:
-    """Digits minus a 200-sample clean reserve, 4% BadNet poison into class 0.
-
-    At 4% the poisons are ~29% of class 0: below AC's 35% cluster-size rule.
-    """
-    torch.set_num_threads(2)
-    inspected, reserve = split_reserve(digits.labels, 200, seed=0)
-    attack = {"rate": 0.04, "target_class": 0}
-    ps = plant("badnet", digits.x[inspected], digits.labels[inspected], 10, attack, seed=0)
-    inp = DetectionInput(
-        ps.x, ps.labels, 10, clean_x=digits.x[reserve], clean_labels=digits.labels[reserve]
-    )
-    return inp, ps
 
 
 # One run context for the module, so its detectors share one base model as in a job.

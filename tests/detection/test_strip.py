@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from detection.attacks import PoisonedSet, plant
-from detection.datasets import split_reserve
+from detection.attacks import PoisonedSet
 from detection.metrics import evaluate
-from detection.readers import LoadedDataset
 from detection.registry import run_detector
 from detection.types import DetectionError, DetectionInput, RunContext
 
 BASE_MODEL = {"arch": "small_cnn", "epochs": 12}
-
-
-@pytest.fixture(scope="module")
-def poisoned_digits(digits: LoadedDataset) -> tuple[DetectionInput, PoisonedSet]:
-    """Digits minus a 200-sample clean reserve, 4% BadNet into class 0."""
-    torch.set_num_threads(1)
-    inspected, reserve = split_reserve(digits.labels, 200, seed=0)
-    attack = {"rate": 0.04, "target_class": 0}
-    ps = plant("badnet", digits.x[inspected], digits.labels[inspected], 10, attack, seed=0)
-    inp = DetectionInput(
-        ps.x, ps.labels, 10, clean_x=digits.x[reserve], clean_labels=digits.labels[reserve]
-    )
-    return inp, ps
 
 
 def test_strip_finds_badnet_on_digits(poisoned_digits: tuple[DetectionInput, PoisonedSet]) -> None:
