@@ -43,6 +43,13 @@ def class_groups(labels: NDArray[np.integer], n_classes: int) -> list[IntArray]:
     return list(np.split(order, np.cumsum(counts)[:-1]))
 
 
+def class_means(labels: NDArray[np.integer], values: FloatArray, n_classes: int) -> FloatArray:
+    """Mean of ``values`` per given label (0 for an empty class)."""
+    counts = np.bincount(labels, minlength=n_classes)[:n_classes]
+    sums = np.bincount(labels, values, n_classes)[:n_classes]
+    return sums / np.maximum(counts, 1)
+
+
 def require_reserve(inp: DetectionInput, detector: str, why: str = "threshold='clean_fpr'") -> None:
     """Raise :class:`DetectionError` unless ``inp`` carries a clean reserve."""
     if not inp.has_clean_reserve:

@@ -27,7 +27,7 @@ from pydantic import Field
 from scipy.fft import dct
 from torch import Tensor, nn
 
-from detection.defenses.common import FloatArray, require_reserve
+from detection.defenses.common import FloatArray, class_means, require_reserve
 from detection.models import build_model, prepare_model
 from detection.registry import register_detector
 from detection.thresholds import ThresholdParams, apply_threshold
@@ -211,9 +211,7 @@ def detect(inp: DetectionInput, params: FrequencyParams, ctx: RunContext) -> Det
     reserve = None if held is None else triggered_probability(model, _to_device(held, dev))
     flags, threshold = apply_threshold(scores, params, reserve)
     labels = np.asarray(inp.labels, dtype=np.int64)
-    means = np.bincount(labels, scores, inp.n_classes) / np.maximum(
-        np.bincount(labels, minlength=inp.n_classes), 1
-    )
+    means = class_means(labels, scores, inp.n_classes)
     return DetectionResult(
         scores=scores,
         flags=flags,

@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from detection.base_model import BaseModelParams
-from detection.defenses.common import FloatArray, fitted_base_model, require_reserve
+from detection.defenses.common import FloatArray, class_means, fitted_base_model, require_reserve
 from detection.models import Classifier
 from detection.registry import register_detector
 from detection.thresholds import ThresholdParams, apply_threshold
@@ -158,9 +158,7 @@ def detect(inp: DetectionInput, params: SentinetParams, ctx: RunContext) -> Dete
     scores = fooled - np.polyval(coef, conf)
     flags, threshold = apply_threshold(scores, params, r_fooled - np.polyval(coef, r_conf))
     labels = np.asarray(inp.labels, dtype=np.int64)
-    means = np.bincount(labels, fooled, inp.n_classes) / np.maximum(
-        np.bincount(labels, minlength=inp.n_classes), 1
-    )
+    means = class_means(labels, fooled, inp.n_classes)
     return DetectionResult(
         scores=scores,
         flags=flags,

@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import Tensor
 
 from detection.base_model import BaseModelParams
-from detection.defenses.common import FloatArray, fitted_base_model, require_reserve
+from detection.defenses.common import FloatArray, class_means, fitted_base_model, require_reserve
 from detection.models import Classifier
 from detection.registry import register_detector
 from detection.thresholds import ThresholdParams, apply_threshold
@@ -113,9 +113,7 @@ def detect(inp: DetectionInput, params: StripParams, ctx: RunContext) -> Detecti
     reserve = None if fitted.clean is None else score(fitted.clean)
     flags, threshold = apply_threshold(scores, params, reserve)
     labels = np.asarray(inp.labels, dtype=np.int64)
-    means = np.bincount(labels, scores, inp.n_classes) / np.maximum(
-        np.bincount(labels, minlength=inp.n_classes), 1
-    )
+    means = class_means(labels, scores, inp.n_classes)
     return DetectionResult(
         scores=scores,
         flags=flags,
