@@ -32,7 +32,8 @@ from worker import jobs as worker_jobs
 sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("POISONSCAN_CHROMIUM", "/usr/bin/chromium")
 # Long enough (a few seconds) that the pages see the job running.
-SLOW_AC = {"base_model": {"arch": "mlp", "epochs": 4}}
+# ~7 s on a quiet core (8,000 small steps): long enough for the list to show it running.
+SLOW_AC = {"base_model": {"arch": "mlp", "epochs": 80, "batch_size": 16}}
 
 
 @pytest.fixture
