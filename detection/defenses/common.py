@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from detection.base_model import BaseModelParams, FittedModel, fit_base_model
 from detection.features import predict
+from detection.thresholds import ThresholdParams, apply_threshold
 from detection.training import resolve_device
-from detection.types import DetectionError, DetectionInput, RunContext
+from detection.types import (
+    DetectionError,
+    DetectionInput,
+    DetectionResult,
+    RunContext,
+    class_summaries,
+)
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
@@ -48,6 +56,27 @@ def class_means(labels: NDArray[np.integer], values: FloatArray, n_classes: int)
     counts = np.bincount(labels, minlength=n_classes)[:n_classes]
     sums = np.bincount(labels, values, n_classes)[:n_classes]
     return sums / np.maximum(counts, 1)
+
+
+def thresholded_result(
+    inp: DetectionInput,
+    scores: FloatArray,
+    params: ThresholdParams,
+    reserve_scores: FloatArray | None,
+    info: dict[str, Any],
+    class_values: FloatArray | None = None,
+) -> DetectionResult:
+    """Flags by ``params``' threshold, per-class means of ``class_values`` (default: scores)."""
+    flags, threshold = apply_threshold(scores, params, reserve_scores)
+    labels = np.asarray(inp.labels, dtype=np.int64)
+    values = scores if class_values is None else class_values
+    means = class_means(labels, values, inp.n_classes)
+    return DetectionResult(
+        scores=scores,
+        flags=flags,
+        classes=class_summaries(labels, flags, inp.n_classes, means),
+        info={"threshold": threshold, **info},
+    )
 
 
 def require_reserve(inp: DetectionInput, detector: str, why: str = "threshold='clean_fpr'") -> None:

@@ -27,10 +27,10 @@ from pydantic import Field
 from scipy.fft import dct
 from torch import Tensor, nn
 
-from detection.defenses.common import FloatArray, class_means, require_reserve
+from detection.defenses.common import FloatArray, require_reserve, thresholded_result
 from detection.models import build_model, prepare_model
 from detection.registry import register_detector
-from detection.thresholds import ThresholdParams, apply_threshold
+from detection.thresholds import ThresholdParams
 from detection.training import (
     OptimConfig,
     autocast_for,
@@ -44,7 +44,6 @@ from detection.types import (
     DetectionInput,
     DetectionResult,
     RunContext,
-    class_summaries,
 )
 
 N_TRIGGER_KINDS = 5
@@ -209,19 +208,11 @@ def detect(inp: DetectionInput, params: FrequencyParams, ctx: RunContext) -> Det
     ctx.report("score", 0.9)
     scores = triggered_probability(model, _to_device(inp.x, dev))
     reserve = None if held is None else triggered_probability(model, _to_device(held, dev))
-    flags, threshold = apply_threshold(scores, params, reserve)
-    labels = np.asarray(inp.labels, dtype=np.int64)
-    means = class_means(labels, scores, inp.n_classes)
-    return DetectionResult(
-        scores=scores,
-        flags=flags,
-        classes=class_summaries(labels, flags, inp.n_classes, means),
-        info={
-            "threshold": threshold,
-            "trained_on": "clean_reserve" if held is not None else "inspected_set",
-            "seconds": {"frequency": time.perf_counter() - start},
-        },
-    )
+    info = {
+        "trained_on": "clean_reserve" if held is not None else "inspected_set",
+        "seconds": {"frequency": time.perf_counter() - start},
+    }
+    return thresholded_result(inp, scores, params, reserve, info)
 
 
 def _pools(

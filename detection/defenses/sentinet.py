@@ -28,17 +28,21 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from detection.base_model import BaseModelParams
-from detection.defenses.common import FloatArray, class_means, fitted_base_model, require_reserve
+from detection.defenses.common import (
+    FloatArray,
+    fitted_base_model,
+    require_reserve,
+    thresholded_result,
+)
 from detection.models import Classifier
 from detection.registry import register_detector
-from detection.thresholds import ThresholdParams, apply_threshold
+from detection.thresholds import ThresholdParams
 from detection.training import TensorData, normalise
 from detection.types import (
     DetectionError,
     DetectionInput,
     DetectionResult,
     RunContext,
-    class_summaries,
 )
 
 
@@ -156,16 +160,6 @@ def detect(inp: DetectionInput, params: SentinetParams, ctx: RunContext) -> Dete
     r_fooled, r_conf = paste_statistics(fitted.model, fitted.clean, carriers, params, gen)
     coef = fit_boundary(r_conf, r_fooled, params.n_bins, params.boundary_quantile)
     scores = fooled - np.polyval(coef, conf)
-    flags, threshold = apply_threshold(scores, params, r_fooled - np.polyval(coef, r_conf))
-    labels = np.asarray(inp.labels, dtype=np.int64)
-    means = class_means(labels, fooled, inp.n_classes)
-    return DetectionResult(
-        scores=scores,
-        flags=flags,
-        classes=class_summaries(labels, flags, inp.n_classes, means),
-        info={
-            "threshold": threshold,
-            "boundary": coef.tolist(),
-            "seconds": {"transplant": time.perf_counter() - start},
-        },
-    )
+    reserve = r_fooled - np.polyval(coef, r_conf)
+    info = {"boundary": coef.tolist(), "seconds": {"transplant": time.perf_counter() - start}}
+    return thresholded_result(inp, scores, params, reserve, info, class_values=fooled)

@@ -19,23 +19,26 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import Tensor
 
 from detection.base_model import BaseModelParams
-from detection.defenses.common import FloatArray, class_means, fitted_base_model, require_reserve
+from detection.defenses.common import (
+    FloatArray,
+    fitted_base_model,
+    require_reserve,
+    thresholded_result,
+)
 from detection.models import Classifier
 from detection.registry import register_detector
-from detection.thresholds import ThresholdParams, apply_threshold
+from detection.thresholds import ThresholdParams
 from detection.training import TensorData, autocast_for, normalise
 from detection.types import (
     DetectionError,
     DetectionInput,
     DetectionResult,
     RunContext,
-    class_summaries,
 )
 
 
@@ -111,16 +114,8 @@ def detect(inp: DetectionInput, params: StripParams, ctx: RunContext) -> Detecti
     scores = score(fitted.data)
     ctx.check_cancel()
     reserve = None if fitted.clean is None else score(fitted.clean)
-    flags, threshold = apply_threshold(scores, params, reserve)
-    labels = np.asarray(inp.labels, dtype=np.int64)
-    means = class_means(labels, scores, inp.n_classes)
-    return DetectionResult(
-        scores=scores,
-        flags=flags,
-        classes=class_summaries(labels, flags, inp.n_classes, means),
-        info={
-            "threshold": threshold,
-            "carriers": "clean_reserve" if fitted.clean is not None else "inspected_set",
-            "seconds": {"superimpose": time.perf_counter() - start},
-        },
-    )
+    info = {
+        "carriers": "clean_reserve" if fitted.clean is not None else "inspected_set",
+        "seconds": {"superimpose": time.perf_counter() - start},
+    }
+    return thresholded_result(inp, scores, params, reserve, info)
