@@ -13,7 +13,7 @@ from typing import Annotated
 from urllib.parse import urlencode
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.background import BackgroundTask
@@ -58,12 +58,21 @@ def index() -> RedirectResponse:
     return RedirectResponse("/ui/jobs", status_code=307)
 
 
-def _filters(state: str | None, method: str | None, dataset_id: str | None) -> repo.JobFilters:
-    """The API's filters; an empty form field means no filter."""
+FilterQuery = Annotated[str | None, Query(max_length=64)]
+OffsetQuery = Annotated[int, Query(ge=0)]
+
+
+def _filters(
+    state: FilterQuery = None, method: FilterQuery = None, dataset_id: FilterQuery = None
+) -> repo.JobFilters:
+    """The API's filters from the query; an empty form field means no filter."""
     state, method, dataset_id = state or None, method or None, dataset_id or None
     if state is not None and state not in STATES:
         raise InvalidInput(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
     return repo.JobFilters(state=state, method=method, dataset_id=dataset_id)
+
+
+JobFiltersDep = Annotated[repo.JobFilters, Depends(_filters)]
 
 
 def _rows_context(
@@ -92,35 +101,21 @@ def _rows_context(
     }
 
 
-FilterQuery = Annotated[str | None, Query(max_length=64)]
-OffsetQuery = Annotated[int, Query(ge=0)]
-
-
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(
-    request: Request,
-    session: SessionDep,
-    state: FilterQuery = None,
-    method: FilterQuery = None,
-    dataset_id: FilterQuery = None,
-    offset: OffsetQuery = 0,
+    request: Request, session: SessionDep, filters: JobFiltersDep, offset: OffsetQuery = 0
 ) -> HTMLResponse:
-    ctx = _rows_context(request, session, _filters(state, method, dataset_id), offset)
+    ctx = _rows_context(request, session, filters, offset)
     html = render("jobs.html", states=STATES, methods=DETECTORS.names(), **ctx)
     return HTMLResponse(html)
 
 
 @router.get("/jobs/rows", response_class=HTMLResponse)
 def jobs_rows(
-    request: Request,
-    session: SessionDep,
-    state: FilterQuery = None,
-    method: FilterQuery = None,
-    dataset_id: FilterQuery = None,
-    offset: OffsetQuery = 0,
+    request: Request, session: SessionDep, filters: JobFiltersDep, offset: OffsetQuery = 0
 ) -> HTMLResponse:
     """The jobs table's body alone: what the list page polls."""
-    ctx = _rows_context(request, session, _filters(state, method, dataset_id), offset)
+    ctx = _rows_context(request, session, filters, offset)
     return HTMLResponse(render("_job_rows.html", **ctx))
 
 

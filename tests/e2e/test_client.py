@@ -48,22 +48,13 @@ def test_sync_client_uploads_runs_waits_and_reads_scores(
     with Client(server) as ps:
         dataset = ps.upload(path, name="digits", progress=lambda s, t: sent.append((s, t)))
         again = ps.upload(data, filename="same.npz")
-        job = ps.submit(
-            dataset.id,
-            "ss",
-            SS,
-            idempotency_key="bench-1",
-            metadata={"team": "e2e"},
-            ground_truth_poison_indices=planted.poison_indices.tolist(),
-        )
-        replay = ps.submit(
-            dataset.id,
-            "ss",
-            SS,
-            idempotency_key="bench-1",
-            metadata={"team": "e2e"},
-            ground_truth_poison_indices=planted.poison_indices.tolist(),
-        )
+        options = {
+            "idempotency_key": "bench-1",
+            "metadata": {"team": "e2e"},
+            "ground_truth_poison_indices": planted.poison_indices.tolist(),
+        }
+        job = ps.submit(dataset.id, "ss", SS, **options)
+        replay = ps.submit(dataset.id, "ss", SS, **options)  # same key, same body
         done = ps.wait(
             job.id, timeout=300, interval=0.2, on_update=lambda j: updates.append(j.state)
         )
