@@ -41,7 +41,9 @@ from detection.defenses.ct_evidence import (
     Evidence,
     RoundCheck,
     canary_flags,
+    class_view_score,
     persistent_classes,
+    rank01,
     rounds_score,
 )
 from detection.defenses.ct_identify import (
@@ -83,6 +85,7 @@ from detection.types import (
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
+BoolArray = NDArray[np.bool_]
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -130,6 +133,7 @@ def _save(ckpt: _Checkpoint, plan: _Plan, state: RoundState) -> None:
         "pretrained": state.pretrained,
         "confused": state.confused,
         "evidence": [torch.from_numpy(e) for e in state.evidence.rounds],
+        "standardised": [torch.from_numpy(e) for e in state.evidence.standardised],
         "records": state.records,
         "last_check": None if state.last_check is None else vars(state.last_check),
     }
@@ -146,7 +150,10 @@ def _restore(saved: dict[str, Any] | None, n: int) -> RoundState:
         distilled=rounds["distilled"].numpy().astype(np.int64),
         pretrained=rounds["pretrained"],
         confused=rounds["confused"],
-        evidence=Evidence([e.numpy() for e in rounds["evidence"]]),
+        evidence=Evidence(
+            [e.numpy() for e in rounds["evidence"]],
+            [e.numpy() for e in rounds.get("standardised", [])],
+        ),
         records=list(rounds["records"]),
         last_check=None if check is None else RoundCheck(**check),
     )
@@ -361,7 +368,8 @@ def _round(run: Run, plan: _Plan, state: RoundState, r: int) -> None:
     last = r == p.n_rounds - 1
     start = time.perf_counter()
     model = run.new_model(state.pretrained)
-    monitor = pretrain(run, model, pretrain_set(run, state.distilled, plan.reserve, last), r)
+    shifted = r >= p.shifted_reserve_from
+    monitor = pretrain(run, model, pretrain_set(run, state.distilled, plan.reserve, shifted), r)
     state.pretrained = cpu_state(model)
     if not plan.ready():
         _complete(run, plan, model)
@@ -376,7 +384,7 @@ def _round(run: Run, plan: _Plan, state: RoundState, r: int) -> None:
     if r == 0:
         _redraw(run, plan, verdict.losses[: run.data.n])
     if not notes["collapsed"]:
-        state.evidence.add(verdict.losses)
+        state.evidence.add(verdict.losses, run.labels)
         state.last_check = verdict.check
     if last:
         state.distilled = np.flatnonzero(verdict.preds == run.labels).astype(np.int64)
@@ -433,6 +441,9 @@ def _identify(run: Run, state: RoundState) -> tuple[LikelihoodRatios, FloatArray
         confidence = out.probabilities()[np.arange(labels.size), labels].astype(np.float64)
         return test, ct_scores(confidence, labels, test)
     scores = rounds_score(state.evidence, p.score_from_round)
+    if _two_views(p):
+        class_view = class_view_score(state.evidence, p.score_from_round)
+        scores = np.maximum(rank01(scores), rank01(class_view))
     if p.flag_rule == "paper":
         scores = scores + 2.0 * test.flags
     return test, scores
@@ -507,6 +518,35 @@ def detect(inp: DetectionInput, params: CTParams, ctx: RunContext) -> DetectionR
     return result
 
 
+def _two_views(p: CTParams) -> bool:
+    return p.class_view and p.score == "rounds"
+
+
+def _calibrated_flags(
+    run: Run, plan: _Plan, state: RoundState, scores: FloatArray, lr_classes: list[int]
+) -> tuple[BoolArray, list[int], dict[str, Any]]:
+    """Canary-calibrated flags of the dense score, or with ``class_view`` the union
+    of the percentile view's and the class view's flags, each view at half the
+    target FPR (a union bound keeps the clean exceedance rate at the target).
+    """
+    p, labels = run.params, run.labels
+    views = {"percentile": scores}
+    if _two_views(p):
+        views["percentile"] = rounds_score(state.evidence, p.score_from_round)
+        views["class"] = class_view_score(state.evidence, p.score_from_round)
+    fpr = p.target_fpr / len(views)
+    flags = np.zeros(labels.size, dtype=bool)
+    classes: set[int] = set()
+    infos: dict[str, dict[str, Any]] = {}
+    for name, view in views.items():
+        cal = canary_flags(view, labels, plan.canaries, run.inp.n_classes, fpr, lr_classes)
+        flags |= cal.flags
+        classes |= set(cal.classes)
+        infos[name] = {**cal.info, "classes": cal.classes}
+    info = {**infos["percentile"], "target_fpr": p.target_fpr, "views": infos}
+    return flags, sorted(classes), info
+
+
 def _result(
     run: Run, plan: _Plan, state: RoundState, test: LikelihoodRatios, scores: FloatArray
 ) -> DetectionResult:
@@ -516,9 +556,10 @@ def _result(
     if p.flag_rule == "clean_fpr" and plan.canaries.size:
         persistent = persistent_classes(state.records, p.score_from_round)
         lr_classes = list(test.flagged_classes) if persistent is None else persistent
-        cal = canary_flags(scores, labels, plan.canaries, n_classes, p.target_fpr, lr_classes)
-        flags, targets, calibration = cal.flags, cal.classes, cal.info
+        flags, targets, calibration = _calibrated_flags(run, plan, state, scores, lr_classes)
         calibration["final_test_classes"] = [int(c) for c in test.flagged_classes]
+        if _two_views(p):
+            scores = scores + flags  # flags first: the union is not a cut of either view
     else:
         flags, targets = test.flags, list(test.flagged_classes)
     info = {

@@ -149,16 +149,18 @@ def pretrain(run: Run, model: Classifier, train_set: TensorData, r: int) -> FitM
     return monitor
 
 
-def pretrain_set(run: Run, distilled: IntArray, reserve: Reserve | None, last: bool) -> TensorData:
-    """S_r, or S_r + R with R's labels shifted to (y+1) mod C in the last round."""
-    if distilled.size == run.data.n and not last:
+def pretrain_set(
+    run: Run, distilled: IntArray, reserve: Reserve | None, shifted: bool
+) -> TensorData:
+    """S_r, or S_r + R with R's labels shifted to (y+1) mod C (the paper's last round)."""
+    if distilled.size == run.data.n and not shifted:
         return run.data
     subset = run.data.subset(torch.from_numpy(distilled).to(run.device))
-    if not last or reserve is None:
+    if not shifted or reserve is None:
         return subset
-    shifted = (reserve.data.y + 1) % run.inp.n_classes
+    wrong = (reserve.data.y + 1) % run.inp.n_classes
     x = torch.cat([subset.x, reserve.data.x])
-    return TensorData(x, torch.cat([subset.y, shifted]), run.data.mean, run.data.std)
+    return TensorData(x, torch.cat([subset.y, wrong]), run.data.mean, run.data.std)
 
 
 # --------------------------------------------------------------------------- confuse

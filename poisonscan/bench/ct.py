@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from detection.attacks import plant
 from detection.attacks.base import PoisonedSet
@@ -86,11 +87,19 @@ class Tracer:
                 "poisons_kept": int((keep_mask & self.poison).sum()),
                 "poison_loss": float(fit),
                 "clean_loss": float(losses[~self.poison].mean()),
+                "round_auroc": _loss_auroc(losses, self.poison),
                 **{k: payload[k] for k in _TRACE_KEYS},
             }
         )
         if self.live:
             print("  " + trace_table(self.rows[-1:]).splitlines()[-1], flush=True)
+
+
+def _loss_auroc(losses: np.ndarray, poison: np.ndarray) -> float | None:
+    """How well one round's confused model ranks the poisons (low loss first)."""
+    if poison.all() or not poison.any():
+        return None
+    return float(roc_auc_score(poison, -losses))
 
 
 _TRACE_KEYS = (
@@ -100,6 +109,7 @@ _TRACE_KEYS = (
     "reserve_accuracy",
     "leading_class",
     "leading_ratio",
+    "flagged_classes",
     "suspected_count",
     "retried",
     "collapsed",
@@ -201,18 +211,21 @@ RUN_HEADER = (
 
 def trace_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| round | kept | poisons kept | poison loss | clean loss | pretrain epochs (acc) | "
-        "confusion steps (reserve acc) | leading class (ratio) | suspected | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| round | kept | poisons kept | poison loss | clean loss | round AUROC | "
+        "pretrain epochs (acc) | confusion steps (reserve acc) | leading class (ratio) | "
+        "flagged | suspected | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in rows:
         note = " retried" if t["retried"] else ""
         note += " COLLAPSED" if t["collapsed"] else ""
         lines.append(
             f"| {t['round']} | {t['kept']} | {t['poisons_kept']} | {t['poison_loss']:.3f} | "
-            f"{t['clean_loss']:.3f} | {t['pretrain_epochs']} ({t['pretrain_accuracy']}) | "
+            f"{t['clean_loss']:.3f} | {_fmt(t.get('round_auroc'), 3)} | "
+            f"{t['pretrain_epochs']} ({t['pretrain_accuracy']}) | "
             f"{t['confusion_steps']} ({t['reserve_accuracy']}){note} | "
-            f"{t['leading_class']} ({t['leading_ratio']:.3g}) | {t['suspected_count']} | "
+            f"{t['leading_class']} ({t['leading_ratio']:.3g}) | "
+            f"{t.get('flagged_classes', '-')} | {t['suspected_count']} | "
             f"{t['seconds']:.0f} |"
         )
     return "\n".join(lines)

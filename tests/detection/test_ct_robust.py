@@ -9,9 +9,12 @@ from detection.defenses.ct_evidence import (
     Evidence,
     RoundCheck,
     canary_flags,
+    class_standardised,
+    class_view_score,
     collapsed,
     distill_floor,
     fit_evidence,
+    isolated_excess,
     rounds_score,
 )
 from detection.defenses.ct_identify import distill_indices
@@ -105,6 +108,14 @@ def test_sizes_follow_the_data() -> None:
     assert confusion_steps(24.0, 0, 700, 64) == 263
 
 
+def test_isolated_excess_counts_flagged_isolation_beyond_the_clean_rate() -> None:
+    sizes = np.array([1000, 1000, 1000, 500], dtype=np.int64)
+    isolated = np.array([400, 100, 120, 50], dtype=np.int64)  # clean classes isolate ~10%
+    assert isolated_excess(isolated, sizes, [0]) == 300
+    assert isolated_excess(isolated, sizes, []) == 0
+    assert isolated_excess(np.array([50, 100, 120, 50]), sizes, [0]) == 0  # no surplus
+
+
 def test_distill_floor_keeps_room_for_suspected_poisons() -> None:
     check = RoundCheck(0, 5.0, [0], suspected_count=80, isolated_per_class=[80, 0])
     assert distill_floor(check, 1.5, current_size=1000) == 120
@@ -142,7 +153,7 @@ def test_rounds_score_ranks_samples_fitted_in_every_round() -> None:
         losses[poison] = rng.uniform(0, 0.05, poison.sum())  # always fitted
         lucky = rng.choice(np.arange(20, n), 20, replace=False)
         losses[lucky] = 0.0  # a few clean samples fit by chance in one round
-        ev.add(losses)
+        ev.add(losses, np.zeros(n, dtype=np.int64))
     score = rounds_score(ev)
     assert score.shape == (n,) and np.all((score >= 0) & (score <= 1))
     assert score[poison].min() > np.sort(score[~poison])[-5]
@@ -174,3 +185,34 @@ def test_canary_flags_flag_nothing_on_a_clean_set() -> None:
     scores, labels, _, canaries = _scored_set(np.random.default_rng(2), n_poison=0)
     cal = canary_flags(scores, labels, canaries, 10, target_fpr=0.01)
     assert cal.classes == [] and not cal.flags.any()
+
+
+def test_canary_flags_keep_only_likelihood_ratio_classes_with_an_excess() -> None:
+    scores, labels, poison, canaries = _scored_set(np.random.default_rng(3), n_poison=40)
+    # the round checks name a benign class (5) beside the target: no excess there, no flags
+    cal = canary_flags(scores, labels, canaries, 10, target_fpr=0.01, lr_classes=[5, 3])
+    assert cal.classes == [3]
+    # ... and naming only the benign class does not hide the target's excess
+    cal = canary_flags(scores, labels, canaries, 10, target_fpr=0.01, lr_classes=[5])
+    assert cal.classes == [3] and cal.flags[poison].all()
+
+
+def test_class_view_finds_poisons_hidden_by_a_confusion_resistant_class() -> None:
+    """Class 1 keeps a heavy clean low-loss tail (Fashion-MNIST "coat"); class 0's
+    poisons are far below its own clean losses, yet not below class 1's tail."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 1000).astype(np.int64)
+    poison = np.zeros(2000, dtype=bool)
+    poison[:30] = True
+    ev = Evidence()
+    for _ in range(3):
+        losses = rng.normal(2.3, 0.05, 2000)
+        losses[1000:] = rng.exponential(1.0, 1000)  # heavy tail down to ~0
+        losses[poison] = rng.uniform(0.3, 0.5, 30)
+        ev.add(losses, labels)
+    percentile, by_class = rounds_score(ev, 0), class_view_score(ev, 0)
+    tail = np.sort(percentile[~poison])[-100]
+    assert (percentile[poison] > tail).mean() < 0.5  # the global view ranks them poorly
+    assert by_class[poison].min() > np.sort(by_class[~poison])[-5]
+    z = class_standardised(np.array([2.0, 2.0, 2.0, 0.5]), np.zeros(4, dtype=np.int64))
+    assert z[3] > 0 and np.allclose(z[:3], 0.0)
