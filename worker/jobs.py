@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,16 +79,24 @@ def _run_job(env: JobEnv, job_id: str) -> str:
     settings = env.settings
     spec, state = start_job(env, job_id)
     if spec is None:
-        return state
+        return _ended(env, job_id, state)
     with JobHeartbeat(env.sessions, job_id, settings.heartbeat_interval_s):
         try:
-            return execute(env, spec)
+            state = execute(env, spec)
         except JobCancelled:
             log.info("job %s cancelled", job_id)
-            return finish_cancelled(env, job_id)
+            state = finish_cancelled(env, job_id)
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            return finish_failed(env, job_id, short_error(exc))
+            state = finish_failed(env, job_id, short_error(exc))
+    return _ended(env, job_id, state)
+
+
+def _ended(env: JobEnv, job_id: str, state: str) -> str:
+    """Remove the job's scratch dir once it can never run again (checkpoints serve a rerun)."""
+    if state in FINISHED_STATES or state == "missing":
+        env.storage.delete_job_scratch(job_id)
+    return state
 
 
 def start_job(env: JobEnv, job_id: str) -> tuple[JobSpec | None, str]:
@@ -139,10 +146,7 @@ def execute(env: JobEnv, spec: JobSpec) -> str:
     ctx.check_cancel()
     result = run_detector(spec.method, inp, spec.params, ctx)
     ctx.check_cancel()
-    state = persist(env, spec, result)
-    if ctx.scratch_dir is not None and state == JobState.succeeded:
-        shutil.rmtree(ctx.scratch_dir, ignore_errors=True)
-    return state
+    return persist(env, spec, result)
 
 
 def _read(storage: LocalStorage, uri: str, fmt: str | None) -> LoadedDataset:
