@@ -7,6 +7,7 @@ never touched. API (``poisonscan serve``) and worker (Celery) are real processes
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -82,10 +83,8 @@ def cluster() -> Iterator[Cluster]:
             conn.execute("CREATE DATABASE poisonscan")
         yield c
     finally:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):
             c.stop()
-        except subprocess.CalledProcessError:
-            pass
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -129,7 +128,8 @@ def test_postgres_restarts_during_a_job(
     ):
         files = {"file": ("digits.npz", npz_bytes(planted.x, planted.labels, tmp_path))}
         ds = httpx.post(f"{api}/datasets", files=files, timeout=60).json()["id"]
-        long_run = {"arch": "mlp", "epochs": 60, "batch_size": 32}
+        # Long enough to outlast the restart (seconds), short on a loaded 2-core machine.
+        long_run = {"arch": "mlp", "epochs": 12, "batch_size": 32}
         body = {"dataset_id": ds, "method": "ss", "params": {"base_model": long_run}}
         job = httpx.post(f"{api}/jobs", json=body, timeout=30).json()
         running = _wait(f"{api}/jobs/{job['id']}", {200}, 300)
