@@ -74,6 +74,37 @@ class Settings(BaseSettings):
         15.0, gt=0.0, le=300.0, description="API wait for a pooled connection or a SQLite lock."
     )
     json_logs: bool = True
+    # --- webhooks, sweepers, read timeouts ---
+    public_base_url: str | None = Field(
+        None, description="Absolute base of the links in webhook events; none: relative paths."
+    )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts a callback_url may name (JSON list; '*.example.com' matches "
+        "subdomains); empty: any host.",
+    )
+    webhook_max_attempts: int = Field(5, ge=1, le=20, description="Tries per event, then give up.")
+    webhook_backoff_s: float = Field(
+        1.0, ge=0.0, le=300.0, description="The first retry's wait; it doubles after each try."
+    )
+    webhook_backoff_max_s: float = Field(60.0, ge=0.0, le=3600.0)
+    webhook_timeout_s: float = Field(10.0, gt=0.0, le=120.0, description="Per attempt.")
+    webhook_poll_interval_s: float = Field(1.0, gt=0.0, le=60.0)
+    staged_max_age_s: float = Field(
+        3600.0,
+        ge=0.0,
+        description="Staged uploads older than this are leftovers of a crash (keep it above "
+        "body_timeout_s plus the time to check a dataset).",
+    )
+    body_timeout_s: float = Field(
+        600.0, gt=0.0, description="A request body must arrive within this (slow clients: 408)."
+    )
+    header_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="Request headers must arrive within this (else the "
+        "connection is closed); `poisonscan serve` only.",
+    )
 
     @model_validator(mode="after")
     def _fill_defaults_and_refuse_unsafe(self) -> Self:

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from detection.registry import DETECTORS, Params, parse_detector_params, requires_clean_reserve
 from detection.version import code_version
-from service import datasets, idempotency
+from service import datasets, idempotency, webhooks
 from service import repository as repo
 from service.cost import check_cost, time_limits
 from service.errors import (
@@ -62,9 +62,10 @@ def create(
     enqueued again); another body under the key is a :class:`Conflict`.
 
     Raises :class:`InvalidInput` for an unknown method, bad params, params that
-    need a clean reserve without one, a mismatched clean dataset or bad ground
-    truth; :class:`NotFound` for a missing dataset; :class:`Unavailable` when the
-    queue is down (the stored job is then marked failed).
+    need a clean reserve without one, a mismatched clean dataset, bad ground
+    truth or a refused ``callback_url`` / ``webhook_secret``; :class:`NotFound` for
+    a missing dataset; :class:`Unavailable` when the queue is down (the stored job
+    is then marked failed).
     """
     request = None
     if idempotency_key is not None:
@@ -78,6 +79,7 @@ def create(
     clean = None if body.clean_dataset_id is None else datasets.get(session, body.clean_dataset_id)
     check_inputs(body.method, params, dataset, clean)
     passes = check_cost(params.model_dump(mode="json"), dataset.n_samples, queue.settings)
+    callback = webhooks.job_fields(body.callback_url, body.webhook_secret, queue.settings)
     job = repo.create_job(
         session,
         dataset_id=dataset.id,
@@ -88,6 +90,7 @@ def create(
         ground_truth=ground_truth(body, dataset.n_samples),
         code_version=code_version(),
         job_metadata=dict(body.metadata),
+        **callback,
     )
     idempotency.remember(session, request, 202, job.id)
     session.commit()

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from detection.version import code_version
 from service import logs, metrics
-from service.api import datasets, health, jobs, methods, scores
+from service.api import datasets, deliveries, health, jobs, methods, scores
 from service.api.docs import install_docs
 from service.config import Settings, get_settings
 from service.db import get_sessionmaker
@@ -21,7 +21,9 @@ from service.logs import RequestIdMiddleware
 from service.queue import Enqueue, JobQueue
 from service.reaper import ReaperThread
 from service.storage import LocalStorage
+from service.timeouts import BodyTimeout
 from service.web import install as install_web
+from service.webhooks import WebhookDispatcher
 
 # Multipart framing around the file; a larger Content-Length cannot fit the limit.
 UPLOAD_OVERHEAD = 64 * 1024
@@ -46,10 +48,11 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     install_problem_handlers(app)
     install_fault_handlers(app)
     app.add_middleware(RequestGuard, max_body_bytes=body_limit)
+    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)
     app.add_middleware(InflightLimit, limit=settings.api_max_inflight)
     metrics.install(app)  # counts the 503s of the limit too
     app.add_middleware(RequestIdMiddleware)
-    for module in (datasets, jobs, scores, methods, health):
+    for module in (datasets, jobs, deliveries, scores, methods, health):
         app.include_router(module.router)
     install_docs(app, settings)
     install_web(app)
@@ -66,13 +69,19 @@ def create_served_app() -> FastAPI:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Run the dead-job reaper while the app serves; size the thread pool to the limit."""
+    """Run the reaper (and sweeper) and the webhook dispatcher while the app serves; size
+    the thread pool to the limit."""
     settings: Settings = app.state.settings
     # Sync routes run on this pool: one thread per request in flight, plus the exempt probes.
     to_thread.current_default_thread_limiter().total_tokens = settings.api_max_inflight + 8
-    thread = ReaperThread(app.state.sessionmaker, settings, app.state.queue)
-    thread.start()
+    threads = [
+        ReaperThread(app.state.sessionmaker, settings, app.state.queue),
+        WebhookDispatcher(app.state.sessionmaker, settings),
+    ]
+    for thread in threads:
+        thread.start()
     try:
         yield
     finally:
-        thread.stop()
+        for thread in threads:
+            thread.stop()

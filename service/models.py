@@ -1,4 +1,4 @@
-"""ORM tables: ``dataset``, ``job``, ``sample_score``."""
+"""ORM tables: ``dataset``, ``job``, ``sample_score``, ``webhook_delivery``, ..."""
 
 from __future__ import annotations
 
@@ -141,6 +141,13 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     heartbeat_at: Mapped[datetime | None]  # written by the worker while the job runs
+    # Webhooks (service/webhooks.py): where the terminal event goes, the key it is signed
+    # with (HMAC needs it in the clear), and the outbox state: pending until the job ends
+    # and a dispatcher claims it (sending), then delivered or failed.
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    webhook_state: Mapped[str | None] = mapped_column(String(16), index=True)
+    webhook_claimed_at: Mapped[datetime | None]
 
     @property
     def has_ground_truth(self) -> bool:
@@ -187,3 +194,29 @@ class WorkerHeartbeat(Base):
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # host:pid
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     beat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class WebhookState(StrEnum):
+    pending = "pending"  # the job has a callback_url; its terminal event is not sent yet
+    sending = "sending"  # a dispatcher claimed it (re-claimed when stale)
+    delivered = "delivered"
+    failed = "failed"  # every attempt failed, or the receiver refused it (4xx)
+
+
+class WebhookDelivery(Base):
+    """One attempt to POST a job's event to its ``callback_url`` (the delivery log)."""
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (Index("ix_webhook_delivery_job_id_id", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(64))  # the webhook-id header
+    event_type: Mapped[str] = mapped_column(String(32))
+    attempt: Mapped[int] = mapped_column(Integer)
+    url: Mapped[str] = mapped_column(String(2048))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    attempted_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -29,6 +29,7 @@ from service.config import Settings
 from service.db import session_scope
 from service.models import Job, JobState, WorkerHeartbeat, utcnow
 from service.queue import JobQueue
+from service.sweeper import sweep
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,8 @@ class Periodic:
 
 
 class ReaperThread(Periodic):
-    """The reaper every ``reaper_interval_s`` (the API runs one, so do workers)."""
+    """The reaper and the sweeper every ``reaper_interval_s`` (the API runs one, so do
+    workers); the first tick runs at startup."""
 
     def __init__(
         self, sessions: sessionmaker[Session], settings: Settings, queue: JobQueue
@@ -214,3 +216,4 @@ class ReaperThread(Periodic):
 
     def tick(self) -> None:
         reap(self.sessions, self.settings, self.queue)
+        sweep(self.sessions, self.settings)

@@ -94,6 +94,18 @@ class JobCreate(BaseModel):
         max_length=32,
         description="Your tags: at most 32 string pairs (keys up to 64, values up to 512 chars).",
     )
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="http(s) URL that gets a signed POST (Standard Webhooks) when the job "
+        "succeeds, fails or is cancelled.",
+    )
+    webhook_secret: str | None = Field(
+        None,
+        max_length=128,
+        description="Your signing key ('whsec_' + base64 of 24 to 64 bytes); none: one is "
+        "generated and returned once, in this response.",
+    )
 
 
 class ClassSummaryRead(BaseModel):
@@ -160,6 +172,18 @@ class JobRead(ReadModel):
     eta_seconds: float | None = Field(
         description="Seconds left while running, extrapolated from progress (null otherwise)."
     )
+    callback_url: str | None = Field(None, description="Where the job's webhook goes.")
+    webhook_state: str | None = Field(
+        None, description="pending, sending, delivered or failed (null: no callback_url)."
+    )
+
+
+class JobCreated(JobRead):
+    """The job as created: the only response that carries its webhook secret."""
+
+    webhook_secret: str | None = Field(
+        None, description="Verify the webhook's signature with this ('whsec_...'); shown once."
+    )
 
 
 class JobPage(BaseModel):
@@ -167,6 +191,25 @@ class JobPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class DeliveryRead(ReadModel):
+    """One attempt to deliver a job's webhook."""
+
+    id: int
+    message_id: str = Field(description="The webhook-id header (the same on every retry).")
+    event_type: str = Field(description="e.g. job.succeeded")
+    attempt: int = Field(description="1 = the first try of this message.")
+    url: str
+    status_code: int | None = Field(description="The receiver's status; null: no response.")
+    error: str | None = Field(description="Why the attempt failed (network error, status).")
+    succeeded: bool
+    duration_ms: float
+    attempted_at: datetime
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryRead]
 
 
 class ScoreRead(ReadModel):

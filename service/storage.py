@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +116,19 @@ class LocalStorage:
         path = (root / job_id).resolve()
         if path.parent == root:
             shutil.rmtree(path, ignore_errors=True)
+
+    def sweep_staged(self, max_age_s: float) -> list[Path]:
+        """Remove staged uploads older than ``max_age_s`` (left by a killed process)."""
+        cutoff = time.time() - max_age_s
+        removed = []
+        for path in self.tmp_dir.glob("*") if self.tmp_dir.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):  # another sweeper was faster
+                if path.is_file() and path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed.append(path)
+        return removed
+
+    def job_scratch_ids(self) -> list[str]:
+        """Ids of the jobs that have a scratch directory."""
+        root = self.root / "jobs"
+        return [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []

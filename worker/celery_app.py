@@ -36,14 +36,19 @@ def make_celery_app(settings: Settings) -> Celery:
 
 
 def install_heartbeat(settings: Settings) -> None:
-    """Beat (and reap) from the worker's main process while it runs."""
+    """Beat (and reap, sweep, send webhooks) from the worker's main process while it runs."""
+    from service.db import get_sessionmaker
+    from service.reaper import Periodic
+    from service.webhooks import WebhookDispatcher
     from worker.heartbeat import WorkerHeartbeat
 
-    beats: list[WorkerHeartbeat] = []
+    beats: list[Periodic] = []
 
     def start(**_: Any) -> None:
         beats.append(WorkerHeartbeat(settings))
-        beats[-1].start()
+        beats.append(WebhookDispatcher(get_sessionmaker(settings.database_url), settings))
+        for beat in beats:
+            beat.start()
 
     def stop(**_: Any) -> None:
         while beats:

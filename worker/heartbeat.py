@@ -3,8 +3,9 @@
 - :class:`JobHeartbeat` refreshes ``job.heartbeat_at`` while one job runs; a
   SIGKILLed worker stops beating, and the reaper requeues or fails the job.
 - :class:`WorkerHeartbeat` keeps this worker's ``worker_heartbeat`` row fresh
-  (``/readyz`` counts live workers) and runs :func:`service.reaper.reap` every
-  ``reaper_interval_s``; it starts with the Celery worker (``worker_ready``).
+  (``/readyz`` counts live workers) and runs :func:`service.reaper.reap` and
+  :func:`service.sweeper.sweep` every ``reaper_interval_s``; it starts with the
+  Celery worker (``worker_ready``), next to a webhook dispatcher.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from types import TracebackType
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import reaper
+from service import reaper, sweeper
 from service.config import Settings
 from service.db import get_sessionmaker, session_scope
 from service.reaper import Periodic
@@ -63,6 +64,7 @@ class WorkerHeartbeat(Periodic):
         if time.monotonic() >= self._next_reap:
             self._next_reap = time.monotonic() + self.settings.reaper_interval_s
             reaper.reap(self.sessions, self.settings)
+            sweeper.sweep(self.sessions, self.settings)
 
     def stop(self) -> None:
         super().stop()

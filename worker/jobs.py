@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from detection.metrics import evaluate
 from detection.readers import LoadedDataset, read_dataset
@@ -35,6 +36,8 @@ from worker.heartbeat import JobHeartbeat
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 1000
+# The database is unreachable (restarting, failing over): worth waiting for, not a job error.
+DB_DOWN = (sa_exc.OperationalError, sa_exc.InterfaceError)
 
 
 @dataclass(frozen=True)
@@ -80,16 +83,24 @@ def _run_job(env: JobEnv, job_id: str) -> str:
     settings = env.settings
     spec, state = start_job(env, job_id)
     if spec is None:
-        return state
+        return _ended(env, job_id, state)
     with JobHeartbeat(env.sessions, job_id, settings.heartbeat_interval_s):
         try:
-            return execute(env, spec)
+            state = execute(env, spec)
         except JobCancelled:
             log.info("job %s cancelled", job_id)
-            return finish_cancelled(env, job_id)
+            state = finish_cancelled(env, job_id)
         except Exception as exc:
             log.exception("job %s failed", job_id)
-            return finish_failed(env, job_id, short_error(exc))
+            state = finish_failed(env, job_id, short_error(exc))
+    return _ended(env, job_id, state)
+
+
+def _ended(env: JobEnv, job_id: str, state: str) -> str:
+    """Remove the job's scratch dir once it can never run again (checkpoints serve a rerun)."""
+    if state in FINISHED_STATES or state == "missing":
+        env.storage.delete_job_scratch(job_id)
+    return state
 
 
 def start_job(env: JobEnv, job_id: str) -> tuple[JobSpec | None, str]:
@@ -139,10 +150,7 @@ def execute(env: JobEnv, spec: JobSpec) -> str:
     ctx.check_cancel()
     result = run_detector(spec.method, inp, spec.params, ctx)
     ctx.check_cancel()
-    state = persist(env, spec, result)
-    if ctx.scratch_dir is not None and state == JobState.succeeded:
-        shutil.rmtree(ctx.scratch_dir, ignore_errors=True)
-    return state
+    return persist(env, spec, result)
 
 
 def _read(storage: LocalStorage, uri: str, fmt: str | None) -> LoadedDataset:
@@ -187,8 +195,11 @@ class ProgressWriter:
         if now - self._last < self.interval_s:
             return
         self._last = now
-        with session_scope(self.sessions) as session:
-            repo.update_job_progress(session, self.job_id, stage, fraction)
+        try:
+            with session_scope(self.sessions) as session:
+                repo.update_job_progress(session, self.job_id, stage, fraction)
+        except DB_DOWN as exc:  # progress is advisory: a database restart must not fail the job
+            log.warning("job %s: progress not written (%s)", self.job_id, type(exc).__name__)
 
 
 class CancelPoller:
@@ -206,8 +217,12 @@ class CancelPoller:
         if self._cancel or now - self._last < self.interval_s:
             return self._cancel
         self._last = now
-        with session_scope(self.sessions) as session:
-            state = repo.get_job_state(session, self.job_id)
+        try:
+            with session_scope(self.sessions) as session:
+                state = repo.get_job_state(session, self.job_id)
+        except DB_DOWN as exc:  # ask again at the next poll
+            log.warning("job %s: cancel state not read (%s)", self.job_id, type(exc).__name__)
+            return False
         self._cancel = state in (None, JobState.cancelling, JobState.cancelled)
         if self._cancel:
             log.info("job %s: cancellation requested", self.job_id)
@@ -239,7 +254,25 @@ def json_safe(value: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def db_retry(settings: Settings) -> Retrying:
+    """Retry a final write while the database restarts (connection errors only)."""
+    return Retrying(
+        stop=stop_after_delay(settings.heartbeat_timeout_s),
+        wait=wait_exponential(multiplier=0.5, max=5.0),
+        retry=retry_if_exception_type(DB_DOWN),
+        reraise=True,
+    )
+
+
 def persist(env: JobEnv, spec: JobSpec, result: DetectionResult) -> str:
+    """:func:`persist_once`, retried through a database restart (it rewrites the same rows)."""
+    for attempt in db_retry(env.settings):
+        with attempt:
+            return persist_once(env, spec, result)
+    raise AssertionError("unreachable: tenacity reraises")
+
+
+def persist_once(env: JobEnv, spec: JobSpec, result: DetectionResult) -> str:
     """Scores, summary, metrics and ``succeeded`` in one transaction."""
     metrics = job_metrics(spec, result)
     summary = json_safe(result.summary())
@@ -254,17 +287,19 @@ def persist(env: JobEnv, spec: JobSpec, result: DetectionResult) -> str:
 
 
 def finish_cancelled(env: JobEnv, job_id: str) -> str:
-    with session_scope(env.sessions) as session:
-        repo.mark_job_cancelled(session, job_id)
-        state = repo.get_job_state(session, job_id)
-    return state or "missing"
+    for attempt in db_retry(env.settings):
+        with attempt, session_scope(env.sessions) as session:
+            repo.mark_job_cancelled(session, job_id)
+            return repo.get_job_state(session, job_id) or "missing"
+    raise AssertionError("unreachable: tenacity reraises")
 
 
 def finish_failed(env: JobEnv, job_id: str, error: str) -> str:
-    with session_scope(env.sessions) as session:
-        repo.mark_job_failed(session, job_id, error)
-        state = repo.get_job_state(session, job_id)
-    return state or "missing"
+    for attempt in db_retry(env.settings):
+        with attempt, session_scope(env.sessions) as session:
+            repo.mark_job_failed(session, job_id, error)
+            return repo.get_job_state(session, job_id) or "missing"
+    raise AssertionError("unreachable: tenacity reraises")
 
 
 def short_error(exc: BaseException) -> str:

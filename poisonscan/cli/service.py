@@ -31,6 +31,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from service.config import get_settings
+    from service.timeouts import HeaderTimeoutProtocol
 
     args.workers = args.workers or get_settings().api_workers
     # SIGTERM must unwind through ``finally`` (the default handler kills at once and
@@ -49,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             log_config=None,  # the app configures (JSON) logging in each process
             timeout_graceful_shutdown=30,
+            http=HeaderTimeoutProtocol,  # closes connections whose headers are too slow
         )
     finally:
         if worker is not None:

@@ -11,7 +11,7 @@ from service import repository as repo
 from service.api.deps import IdempotencyKey, QueueDep, SessionDep, StorageDep
 from service.api.responses import problems
 from service.models import Job, JobState
-from service.schemas import JobCreate, JobPage, JobRead
+from service.schemas import JobCreate, JobCreated, JobPage, JobRead
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -24,7 +24,7 @@ CANCEL_RESPONSES = {
 
 
 @router.post(
-    "", response_model=JobRead, status_code=202, responses=problems(404, 409, 413, 422, 503)
+    "", response_model=JobCreated, status_code=202, responses=problems(404, 409, 413, 422, 503)
 )
 def create_job(
     body: JobCreate,
@@ -33,7 +33,10 @@ def create_job(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> Job:
-    """Validate, store (state ``queued``), commit, then enqueue."""
+    """Validate, store (state ``queued``), commit, then enqueue.
+
+    With a ``callback_url``, the response carries the webhook's signing secret (only here).
+    """
     job = jobs.create(session, queue, body, idempotency_key)
     response.headers["Location"] = f"/jobs/{job.id}"
     return job

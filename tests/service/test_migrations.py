@@ -16,6 +16,7 @@ TABLES = {
     "idempotency_record",
     "job",
     "sample_score",
+    "webhook_delivery",
     "worker_heartbeat",
 }
 

@@ -152,6 +152,7 @@ def test_cancel_stops_a_running_job(
     assert done["finished_at"] is not None
     assert count_rows(settings, job["id"]) == 0
     assert client.get(f"/jobs/{job['id']}/scores").status_code == 409
+    assert not (settings.storage_root / "jobs" / job["id"]).exists()  # scratch removed
 
 
 def _set_state(settings: Settings, job_id: str, state: str) -> None:
