@@ -13,7 +13,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +31,13 @@ from detection.registry import run_detector
 from detection.types import DetectionInput, RunContext
 from detection.version import code_version
 from detection.victim import victim_params
-from poisonscan.bench.retrain import NO_DEFENSE, Retrainer, held_out_test, victim_dict
+from poisonscan.bench.retrain import (
+    NO_DEFENSE,
+    Retrainer,
+    held_out_test,
+    poisoned_digest,
+    victim_dict,
+)
 
 TABLE_METRICS = ("tpr", "fpr", "auroc", "tpr_at_fpr_1", "ap")
 VICTIM_METRICS = ("accuracy", "asr")
@@ -130,11 +136,13 @@ def run_case(
     reserve_size: int,
     retrainer: Retrainer | None = None,
     on_record: Callable[[BenchRecord], None] | None = None,
+    no_defense_asr: float | None = None,
 ) -> list[Scored]:
     """Every detector on one poisoned set; ``none`` (:data:`NO_DEFENSE`) flags nothing.
 
     With ``retrainer`` each record also gets the ACC/ASR of a victim trained on
-    the samples its detector did not flag.
+    the samples its detector did not flag; ``no_defense_asr`` is the ASR of a
+    ``none`` row recorded earlier (a resumed run), for ``retrainer.min_asr``.
 
     ``on_record`` sees each record as soon as it is made, so a caller can append
     it to a file and a crashed or cut run keeps its finished cells.
@@ -142,6 +150,8 @@ def run_case(
     inp, poisoned = poison_case(data, case, reserve_size)
     mask = np.zeros(inp.n_samples, dtype=bool)
     mask[poisoned.poison_indices] = True
+    if retrainer is not None and no_defense_asr is not None:
+        retrainer.no_defense_asr[poisoned_digest(poisoned)] = no_defense_asr
     out = []
     for detector, params in detectors.items():
         start = time.perf_counter()
@@ -184,10 +194,12 @@ def _detect(
 
 def _retrain(
     retrainer: Retrainer, poisoned: PoisonedSet, flags: NDArray[np.bool_], seed: int
-) -> dict[str, float | int]:
+) -> dict[str, float | int] | None:
     before = retrainer.trained
     start = time.perf_counter()
     report = retrainer.report(poisoned, ~np.asarray(flags, dtype=bool), seed)
+    if report is None:
+        return None
     out = victim_dict(report)
     out["seconds"] = round(time.perf_counter() - start, 3)
     out["cached"] = int(retrainer.trained == before)
@@ -219,14 +231,14 @@ def run_bench(
     data_dir: Path | None = None,
     on_record: Callable[[BenchRecord], None] | None = None,
     retrainer: Callable[[str, LoadedDataset], tuple[LoadedDataset, Retrainer]] | None = None,
-    done: Collection[tuple[str, str, int]] = (),
+    done: Sequence[BenchRecord] = (),
 ) -> list[Scored]:
     """Run the attacks × rates × seeds × detectors grid on one dataset.
 
     ``retrainer(dataset, data)`` (see :func:`victim_retrainer`) returns the
     training pool and a :class:`Retrainer`: every cell then gets a victim's
-    ACC/ASR after cleansing, plus a ``none`` row per poisoned set. Cells in
-    ``done`` (attack, detector, seed) are skipped: resuming an appended JSONL.
+    ACC/ASR after cleansing, plus a ``none`` row per poisoned set. Cells with
+    a record in ``done`` (attack, detector, seed) are skipped: resuming an appended JSONL.
     """
     data = load_source(dataset, data_dir=data_dir, n_samples=n_samples)
     victims = None
@@ -236,10 +248,13 @@ def run_bench(
     results: list[Scored] = []
     if victims is not None and NO_DEFENSE not in detectors:
         detectors = {NO_DEFENSE: {}, **detectors}
+    cells = {r.cell for r in done}
+    asr = {r.cell: r.victim.get("asr") for r in done if r.victim and r.detector == NO_DEFENSE}
     for case in build_cases(dataset, attacks, rates, seeds):
-        todo = {n: p for n, p in detectors.items() if (case.attack, n, case.seed) not in done}
+        todo = {n: p for n, p in detectors.items() if (case.attack, n, case.seed) not in cells}
         if todo:
-            results += run_case(data, case, todo, run, reserve_size, victims, on_record)
+            known = asr.get((case.attack, NO_DEFENSE, case.seed))
+            results += run_case(data, case, todo, run, reserve_size, victims, on_record, known)
     return results
 
 
@@ -249,6 +264,7 @@ def victim_retrainer(
     augment: bool = False,
     device: str = "auto",
     arch: Arch = "convnet",
+    min_asr: float = 0.0,
 ) -> Callable[[str, LoadedDataset], tuple[LoadedDataset, Retrainer]]:
     """A ``retrainer`` for :func:`run_bench`: victims tested on ``n_test`` clean test images.
 
@@ -261,7 +277,7 @@ def victim_retrainer(
     def make(dataset: str, data: LoadedDataset) -> tuple[LoadedDataset, Retrainer]:
         pool, test_x, test_labels = held_out_test(dataset, data, n_test)
         params = victim_params(epochs).model_copy(update={"augment": augment, "arch": arch})
-        return pool, Retrainer(test_x, test_labels, params, device)
+        return pool, Retrainer(test_x, test_labels, params, device, min_asr)
 
     return make
 

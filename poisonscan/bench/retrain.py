@@ -38,25 +38,37 @@ class Retrainer:
     """Trains victims on kept subsets of poisoned sets and caches their reports.
 
     ``test_x`` / ``test_labels`` are a clean held-out test split; ``params``
-    the victim's training recipe; ``device`` where it trains.
+    the victim's training recipe; ``device`` where it trains. When the victim
+    on the whole poisoned set (no defense) has an ASR below ``min_asr`` the
+    attack did not implant, there is nothing for a defense to remove, and
+    :meth:`report` trains no further victims on that set (returns None).
     """
 
     test_x: NDArray[np.uint8]
     test_labels: NDArray[np.int64]
     params: BaseModelParams = field(default_factory=victim_params)
     device: str = "auto"
+    min_asr: float = 0.0
     trained: int = 0
+    no_defense_asr: dict[str, float] = field(default_factory=dict)
     _cache: dict[tuple[str, str], VictimReport] = field(default_factory=dict, repr=False)
 
-    def report(self, poisoned: PoisonedSet, keep: NDArray[np.bool_], seed: int) -> VictimReport:
+    def report(
+        self, poisoned: PoisonedSet, keep: NDArray[np.bool_], seed: int
+    ) -> VictimReport | None:
         """ACC/ASR of a victim trained on ``poisoned`` rows ``keep`` (cached)."""
-        key = (poisoned_digest(poisoned), keep_digest(keep))
+        digest = poisoned_digest(poisoned)
+        key = (digest, keep_digest(keep))
+        if not keep.all() and self.no_defense_asr.get(digest, 1.0) < self.min_asr:
+            return None
         if key not in self._cache:
             ctx = RunContext(device=self.device, seed=seed)
             self._cache[key] = train_and_attack(
                 poisoned, self.test_x, self.test_labels, keep, self.params, ctx
             )
             self.trained += 1
+        if keep.all():
+            self.no_defense_asr[digest] = self._cache[key].asr
         return self._cache[key]
 
 

@@ -90,7 +90,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     detectors = parse_detectors(args.detectors, detector_params)
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [None]
     seeds = [int(s) for s in args.seeds.split(",")]
-    done = {r.cell for r in read_records(jsonl)} if args.jsonl and jsonl.exists() else set()
+    done = read_records(jsonl) if args.jsonl and jsonl.exists() else []
     if not args.jsonl:
         jsonl.write_text("")
     retrainer = None
@@ -101,6 +101,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.victim_augment,
             args.device or "auto",
             args.victim_arch,
+            args.victim_min_asr,
         )
 
     def record(r: BenchRecord) -> None:
@@ -186,6 +187,12 @@ def add_parsers(sub: Any) -> None:
         default="convnet",
         choices=["convnet", "small_cnn", "resnet18"],
         help="victim model (small_cnn: the CPU-sized one)",
+    )
+    b.add_argument(
+        "--victim-min-asr",
+        type=float,
+        default=0.0,
+        help="no victims after detectors where the no-defense ASR is below this",
     )
     b.add_argument("--threads", type=int, help="torch CPU threads")
     b.set_defaults(func=cmd_bench)

@@ -54,6 +54,9 @@ def test_retraining_after_a_perfect_detector_removes_the_backdoor() -> None:
     assert again is not None and clean["cached"] == 0 and again["cached"] == 1
     assert (again["asr"], again["accuracy"]) == (clean["asr"], clean["accuracy"])
     assert retrainer.trained == 2  # the same kept set twice: one victim
+    retrainer.min_asr = 1.0  # an attack that did not implant: no victims after detectors
+    (skipped,) = run_case(pool, case, {"perfect": {}}, perfect, 200, retrainer)
+    assert skipped.record.victim is None and skipped.record.metrics["tpr"] == 1.0
 
 
 def test_keep_digest_depends_on_the_kept_rows_only() -> None:
