@@ -1,12 +1,15 @@
-"""PNG plots of a bench run: score histograms (clean vs poison) and ROC curves."""
+"""PNG plots of a bench run: score histograms, ROC curves, an attack × detector heat map."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from detection.metrics import roc_curve
-from poisonscan.bench.grid import Scored
+from poisonscan.bench.grid import BenchRecord, Scored
+from poisonscan.bench.retrain import NO_DEFENSE
 
 
 def plot_results(results: Sequence[Scored], out_dir: Path) -> list[Path]:
@@ -40,3 +43,49 @@ def plot_results(results: Sequence[Scored], out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def metric_matrix(
+    records: Sequence[BenchRecord], metric: str = "auroc"
+) -> tuple[list[str], list[str], np.ndarray]:
+    """``(attacks, detectors, values)``: the median of ``metric`` over seeds, NaN where unrun.
+
+    Rows and columns keep the order of first appearance; ``none`` is left out.
+    """
+    attacks: list[str] = []
+    detectors: list[str] = []
+    cells: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r.detector == NO_DEFENSE or metric not in r.metrics:
+            continue
+        attacks += [] if r.attack in attacks else [r.attack]
+        detectors += [] if r.detector in detectors else [r.detector]
+        cells.setdefault((r.attack, r.detector), []).append(float(r.metrics[metric]))
+    values = np.full((len(attacks), len(detectors)), np.nan)
+    for (attack, detector), vs in cells.items():
+        values[attacks.index(attack), detectors.index(detector)] = np.median(vs)
+    return attacks, detectors, values
+
+
+def plot_heatmap(records: Sequence[BenchRecord], path: Path, metric: str = "auroc") -> Path:
+    """An attack × detector heat map of ``metric`` (median over seeds), values written in."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks, detectors, values = metric_matrix(records, metric)
+    if not attacks:
+        raise ValueError(f"no records with {metric!r} to plot")
+    fig, ax = plt.subplots(figsize=(1.0 * len(detectors) + 2.5, 0.45 * len(attacks) + 1.6))
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="RdYlGn", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(detectors)), detectors, rotation=45, ha="right")
+    ax.set_yticks(range(len(attacks)), attacks)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "-" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title(f"{metric.upper()} (attack × detector)")
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -10,8 +10,17 @@ from typing import Any
 from detection.attacks import plant
 from detection.datasets import load_source
 from detection.readers import write_npz
-from poisonscan.bench import Runner, local_runner, markdown_table, run_bench, write_records
-from poisonscan.bench.plots import plot_results
+from poisonscan.bench import (
+    BenchRecord,
+    Runner,
+    append_record,
+    local_runner,
+    markdown_table,
+    read_records,
+    run_bench,
+    victim_retrainer,
+)
+from poisonscan.bench.plots import plot_heatmap, plot_results
 from poisonscan.cli.params import parse_param_pairs
 
 
@@ -53,22 +62,51 @@ def bench_runner(args: argparse.Namespace) -> Runner:
     return ApiRunner(args.api)
 
 
+def show(record: BenchRecord) -> None:
+    """One progress line per finished cell."""
+    m = record.metrics
+    line = (
+        f"  {record.attack:16s} {record.detector:9s} seed {record.seed}: "
+        f"TPR {m['tpr']:.3f} FPR {m['fpr']:.4f} AUROC {m['auroc']:.3f} "
+        f"TPR@1%FPR {m['tpr_at_fpr_1']:.3f} ({record.seconds:.1f}s)"
+    )
+    if record.victim:
+        v = record.victim
+        line += f"  ACC {v['accuracy']:.3f} ASR {v['asr']:.3f} (victim {v['seconds']:.1f}s)"
+    print(line, flush=True)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = Path(args.jsonl) if args.jsonl else out / "records.jsonl"
+    if args.summarize:
+        return summarize(read_records(jsonl), out)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     detector_params = json.loads(args.detector_params) if args.detector_params else {}
     detectors = parse_detectors(args.detectors, detector_params)
     rates = [float(r) for r in args.rates.split(",")] if args.rates else [None]
     seeds = [int(s) for s in args.seeds.split(",")]
-    runner = bench_runner(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def show(record: Any) -> None:
-        m = record.metrics
-        print(
-            f"  {record.attack:16s} {record.detector:8s} seed {record.seed}: "
-            f"TPR {m['tpr']:.3f} FPR {m['fpr']:.4f} AUROC {m['auroc']:.3f} ({record.seconds:.1f}s)",
-            flush=True,
+    done = read_records(jsonl) if args.jsonl and jsonl.exists() else []
+    if not args.jsonl:
+        jsonl.write_text("")
+    retrainer = None
+    if args.retrain:
+        retrainer = victim_retrainer(
+            args.victim_test,
+            args.victim_epochs,
+            args.victim_augment,
+            args.device or "auto",
+            args.victim_arch,
+            args.victim_min_asr,
         )
+
+    def record(r: BenchRecord) -> None:
+        append_record(r, jsonl)
+        show(r)
 
     results = run_bench(
         args.dataset,
@@ -78,17 +116,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seeds=seeds,
         n_samples=args.n_samples,
         reserve_size=args.reserve,
-        runner=runner,
-        on_record=show,
+        runner=bench_runner(args),
+        on_record=record,
+        retrainer=retrainer,
+        done=done,
     )
-    records = [r.record for r in results]
+    plots = [] if args.no_plots or not results else plot_results(results, out)
+    print(f"\nrecords: {jsonl}; plots: {', '.join(p.name for p in plots) or '-'}")
+    return summarize(read_records(jsonl), out, heatmap=not args.no_plots)
+
+
+def summarize(records: list[BenchRecord], out: Path, heatmap: bool = True) -> int:
+    """Write ``table.md`` (and ``auroc.png``) for ``records`` into ``out``; print the table."""
     table = markdown_table(records)
-    write_records(records, out / "records.jsonl")
     (out / "table.md").write_text(table + "\n")
-    plots = [] if args.no_plots else plot_results(results, out)
     print()
     print(table)
-    print(f"\nrecords: {out / 'records.jsonl'}; plots: {', '.join(p.name for p in plots) or '-'}")
+    if heatmap and records:
+        print(f"heat map: {plot_heatmap(records, out / 'auroc.png')}")
     return 0
 
 
@@ -123,6 +168,33 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("--api", help="run detectors through a poisonscan API at this URL")
     b.add_argument("--out", default="bench/out", help="directory for table, records, plots")
     b.add_argument("--no-plots", action="store_true")
+    b.add_argument(
+        "--jsonl",
+        help="append one record per cell here and skip cells already in it (resume); "
+        "default: OUT/records.jsonl, rewritten",
+    )
+    b.add_argument("--summarize", action="store_true", help="only tabulate and plot the JSONL")
+    b.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train a victim on each detector's unflagged samples: ACC/ASR, plus a 'none' row",
+    )
+    b.add_argument("--victim-epochs", type=float, default=10.0)
+    b.add_argument("--victim-test", type=int, default=2000, help="clean test images for ACC/ASR")
+    b.add_argument("--victim-augment", action="store_true", help="crop + flip the victim")
+    b.add_argument(
+        "--victim-arch",
+        default="convnet",
+        choices=["convnet", "small_cnn", "resnet18"],
+        help="victim model (small_cnn: the CPU-sized one)",
+    )
+    b.add_argument(
+        "--victim-min-asr",
+        type=float,
+        default=0.0,
+        help="no victims after detectors where the no-defense ASR is below this",
+    )
+    b.add_argument("--threads", type=int, help="torch CPU threads")
     b.set_defaults(func=cmd_bench)
     c = sub.add_parser(
         "bench-ct",
