@@ -262,7 +262,7 @@ def copy_payload(
     }
     for column, value in values.items():
         rows[column] = value
-        rows[f"{column}_len"] = rows.dtype.fields[column][0].itemsize  # type: ignore[index]
+        rows[f"{column}_len"] = rows.dtype.fields[column][0].itemsize
     return PGCOPY_HEADER + rows.tobytes() + PGCOPY_TRAILER
 
 

@@ -112,7 +112,6 @@ class JobCreate(BaseModel):
         description="Your tags: at most 32 string pairs (keys up to 64, values up to 512 chars).",
     )
 
-
     @model_validator(mode="after")
     def _one_way_to_name_methods(self) -> JobCreate:
         if (self.method is None) == (self.methods is None):
@@ -172,7 +171,8 @@ class JobRead(ReadModel):
     clean_dataset_id: str | None
     method: str = Field(description="The default method (the first of `methods`).")
     methods: list[str] = Field(
-        validation_alias=AliasChoices("method_list", "methods"), description="Every detector the job runs, in order."
+        validation_alias=AliasChoices("method_list", "methods"),
+        description="Every detector the job runs, in order.",
     )
     score_methods: list[str] = Field(
         description="What `?method=` of the scores and exports accepts (adds `ensemble`)."

@@ -318,7 +318,9 @@ def persist(env: JobEnv, spec: JobSpec, runs: list[MemberRun], ctx: RunContext) 
             for run in runs
         )
         repo.mark_job_succeeded(session, spec.job_id, summary, metrics)
-    log.info("job %s: %d score rows stored in %.2f s", spec.job_id, rows, time.perf_counter() - start)
+    log.info(
+        "job %s: %d score rows stored in %.2f s", spec.job_id, rows, time.perf_counter() - start
+    )
     return JobState.succeeded.value
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import threading
-from urllib.parse import quote
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from markupsafe import Markup
@@ -336,9 +336,7 @@ def _fmt(v: Any) -> str:
     return json.dumps(v) if isinstance(v, dict | list) else str(v)
 
 
-def cleansed_indices(
-    factory: sessionmaker[Session], job_id: str, method: str
-) -> NDArray[np.int64]:
+def cleansed_indices(factory: sessionmaker[Session], job_id: str, method: str) -> NDArray[np.int64]:
     """Sample indices that ``method`` did not flag, ascending: what to keep."""
     arr = load_scores(factory, job_id, method)
     return np.flatnonzero(~arr.flags).astype(np.int64)
