@@ -73,9 +73,7 @@ def test_one_method_in_the_list_reads_params_as_its_own(
     assert job["params"]["budget"] == 0.1
 
 
-def test_listing_ensemble_itself_adds_no_second_fusion(
-    client: TestClient, dataset_id: str
-) -> None:
+def test_listing_ensemble_itself_adds_no_second_fusion(client: TestClient, dataset_id: str) -> None:
     job = _post(client, dataset_id, methods=["ensemble", "ss"]).json()
 
     assert job["score_methods"] == ["ensemble", "ss"]
