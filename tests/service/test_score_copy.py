@@ -42,7 +42,7 @@ def test_copy_payload_is_postgres_binary_format() -> None:
     first = payload[19 : 19 + row]
     assert struct.unpack(">h", first[:2]) == (6,)
     assert first[2:11] == struct.pack(">i", 5) + b"job-1"
-    assert struct.unpack(">d", first[-25:-17]) == (s[0],)
+    assert struct.unpack(">d", first[-21:-13]) == (s[0],)
 
 
 def _job(client: TestClient, tmp_path: Path) -> str:
