@@ -12,6 +12,7 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
@@ -266,21 +267,29 @@ def copy_payload(
     return PGCOPY_HEADER + rows.tobytes() + PGCOPY_TRAILER
 
 
-def _score_rows(
-    job_id: str, method: str, scores: NDArray[np.float64], flags: NDArray[np.bool_]
-) -> list[dict[str, Any]]:
-    ranks = rank_by_score(scores).tolist()
-    return [
-        {
-            "job_id": job_id,
-            "method": method,
-            "sample_index": i,
-            "score": s,
-            "flagged": f,
-            "rank": r,
-        }
-        for i, (s, f, r) in enumerate(zip(scores.tolist(), flags.tolist(), ranks, strict=True))
-    ]
+def _insert_rows(
+    session: Session,
+    job_id: str,
+    method: str,
+    scores: NDArray[np.float64],
+    flags: NDArray[np.bool_],
+) -> None:
+    """Plain executemany of tuples on the driver (SQLite): no per-row ORM work."""
+    n = int(scores.shape[0])
+    rows = list(
+        zip(
+            repeat(job_id, n),
+            repeat(method, n),
+            range(n),
+            scores.tolist(),
+            flags.tolist(),
+            rank_by_score(scores).tolist(),
+            strict=True,
+        )
+    )
+    marks = ", ".join("?" * len(SCORE_COLUMNS))
+    sql = f"INSERT INTO sample_score ({', '.join(SCORE_COLUMNS)}) VALUES ({marks})"
+    session.connection().exec_driver_sql(sql, rows)
 
 
 def delete_scores(session: Session, job_id: str, method: str | None = None) -> None:
@@ -308,7 +317,7 @@ def insert_scores(
     if session.get_bind().dialect.name == "postgresql":
         _copy_rows(session, copy_payload(job_id, method, scores, flags))
     else:
-        session.execute(insert(SampleScore), _score_rows(job_id, method, scores, flags))
+        _insert_rows(session, job_id, method, scores, flags)
     return int(scores.size)
 
 
