@@ -3,7 +3,9 @@
 Every detector's params name their training budget the same way: ``*epochs``
 fields (one or a list, passes over the whole set; a nested ``base_model``
 counts too) and ``*iters`` fields (steps of ``batch_size`` samples). The
-estimate is an upper bound (CT's distilled sets shrink); it is checked against
+estimate is an upper bound (CT's distilled sets shrink; a job naming several
+methods sums them, its params keyed by method name, though they share one base
+model when their ``base_model`` params agree); it is checked against
 ``max_sample_passes`` at ``POST /jobs`` and sets the job's time limit.
 """
 

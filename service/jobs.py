@@ -74,18 +74,22 @@ def create(
     record = idempotency.replayed(session, request)
     if record is not None:
         return get(session, record.resource_id)
-    params = validate_params(body.method, body.params)
+    methods = body.method_list
+    resolved = validate_methods(methods, body.params)
     dataset = datasets.get(session, body.dataset_id)
     clean = None if body.clean_dataset_id is None else datasets.get(session, body.clean_dataset_id)
-    check_inputs(body.method, params, dataset, clean)
-    passes = check_cost(params.model_dump(mode="json"), dataset.n_samples, queue.settings)
+    for name, params in resolved.items():
+        check_inputs(name, params, dataset, clean)
+    stored = stored_params(resolved)
+    passes = check_cost(stored, dataset.n_samples, queue.settings)
     callback = webhooks.job_fields(body.callback_url, body.webhook_secret, queue.settings)
     job = repo.create_job(
         session,
         dataset_id=dataset.id,
         clean_dataset_id=body.clean_dataset_id,
-        method=body.method,
-        params=params.model_dump(mode="json"),
+        method=methods[0],
+        methods=methods,
+        params=stored,
         seed=body.seed,
         ground_truth=ground_truth(body, dataset.n_samples),
         code_version=code_version(),
@@ -120,18 +124,58 @@ def delete(session: Session, storage: LocalStorage, job_id: str) -> None:
     storage.delete_job_scratch(job_id)
 
 
-def validate_params(method: str, params: dict[str, Any]) -> Params:
+def validate_params(
+    method: str, params: dict[str, Any], loc: tuple[str | int, ...] = ("body", "params")
+) -> Params:
     """The method's validated params model (defaults filled), or :class:`InvalidInput`."""
-    check_finite(params, ("body", "params"))
-    if method not in DETECTORS:
-        err = field_error(["body", "method"], f"unknown method {method!r}", "enum")
-        err["ctx"] = {"expected": DETECTORS.names()}
-        raise InvalidInput(f"unknown method {method!r}", [err])
+    check_finite(params, loc)
+    check_method(method, ["body", "method"])
     try:
         return parse_detector_params(method, params)
     except ValidationError as exc:
-        errors = validation_errors(exc, ("body", "params"))
+        errors = validation_errors(exc, loc)
         raise InvalidInput(f"invalid params for method {method!r}", errors) from None
+
+
+def check_method(method: str, loc: list[str | int]) -> None:
+    """:class:`InvalidInput` unless ``method`` names a registered detector."""
+    if method not in DETECTORS:
+        err = field_error(loc, f"unknown method {method!r}", "enum")
+        err["ctx"] = {"expected": DETECTORS.names()}
+        raise InvalidInput(f"unknown method {method!r}", [err])
+
+
+def validate_methods(methods: list[str], params: dict[str, Any]) -> dict[str, Params]:
+    """Each method's validated params, in order; several methods take ``params`` by name.
+
+    One method reads ``params`` as its own (as with ``method``); several read
+    ``params[name]`` (missing: defaults). Raises :class:`InvalidInput` for an
+    unknown method, params keyed by a method not listed, or invalid params.
+    """
+    if len(methods) == 1:
+        return {methods[0]: validate_params(methods[0], params)}
+    for i, name in enumerate(methods):
+        check_method(name, ["body", "methods", i])
+    strays = [key for key in params if key not in methods]
+    if strays:
+        msg = f"with several methods, params are keyed by method name; not listed: {strays}"
+        err = field_error(["body", "params", strays[0]], msg, "unknown_method")
+        err["ctx"] = {"expected": methods}
+        raise InvalidInput(msg, [err])
+    out = {}
+    for name in methods:
+        raw = params.get(name) or {}
+        if not isinstance(raw, dict):
+            msg = f"params of method {name!r} must be an object"
+            raise InvalidInput(msg, [field_error(["body", "params", name], msg, "dict_type")])
+        out[name] = validate_params(name, raw, ("body", "params", name))
+    return out
+
+
+def stored_params(resolved: dict[str, Params]) -> dict[str, Any]:
+    """What the job row keeps: one method's params as they are, several keyed by name."""
+    dumped = {name: p.model_dump(mode="json") for name, p in resolved.items()}
+    return next(iter(dumped.values())) if len(dumped) == 1 else dumped
 
 
 FEATURE_ARCHS = frozenset({"auto", "mlp"})

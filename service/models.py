@@ -62,6 +62,16 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+FUSED_METHOD = "ensemble"
+
+
+def score_methods(methods: list[str]) -> list[str]:
+    """Listed detectors plus the rank fusion ``ensemble`` when several run (unless listed)."""
+    if len(methods) > 1 and FUSED_METHOD not in methods:
+        return [*methods, FUSED_METHOD]
+    return list(methods)
+
+
 class JobState(StrEnum):
     queued = "queued"
     running = "running"
@@ -121,7 +131,10 @@ class Job(Base):
     clean_dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("dataset.id", ondelete="RESTRICT")
     )
-    method: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(64))  # the first (default) of ``methods``
+    # Several detectors in one job: their names in order, ``params`` keyed by name.
+    # NULL on single-method jobs stored before 0006 (read as ``[method]``).
+    methods: Mapped[list[str] | None] = mapped_column(JSONType)
     params: Mapped[dict[str, Any]]
     seed: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[str] = mapped_column(String(16), default=JobState.queued.value)
@@ -150,6 +163,22 @@ class Job(Base):
     webhook_claimed_at: Mapped[datetime | None]
 
     @property
+    def method_list(self) -> list[str]:
+        """The detectors the job runs, in the order given (the first is the default)."""
+        return list(self.methods or [self.method])
+
+    @property
+    def score_methods(self) -> list[str]:
+        """What ``?method=`` accepts: the listed detectors, plus ``ensemble`` fused from several."""
+        return score_methods(self.method_list)
+
+    def params_for(self, method: str) -> dict[str, Any]:
+        """The resolved params of one of the job's detectors."""
+        if len(self.method_list) == 1:
+            return dict(self.params)
+        return dict(self.params.get(method) or {})
+
+    @property
     def has_ground_truth(self) -> bool:
         return self.ground_truth is not None
 
@@ -176,10 +205,18 @@ class IdempotencyRecord(Base):
 
 
 class SampleScore(Base):
-    __tablename__ = "sample_score"
-    __table_args__ = (Index("ix_sample_score_job_id_rank", "job_id", "rank", unique=True),)
+    """One score per (job, method, sample); ``rank`` is 1..N within the job's method."""
 
-    job_id: Mapped[str] = mapped_column(ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
+    __tablename__ = "sample_score"
+    __table_args__ = (
+        Index("ix_sample_score_job_id_method_rank", "job_id", "method", "rank", unique=True),
+    )
+
+    # No foreign key to job: its per-row check costs ~3 s per million rows written.
+    # Rows are written only by the worker under the job's row lock and deleted with
+    # the job (repository.delete_job), so none can outlive or precede their job.
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    method: Mapped[str] = mapped_column(String(64), primary_key=True)
     sample_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     score: Mapped[float] = mapped_column(Double)
     flagged: Mapped[bool] = mapped_column(Boolean)

@@ -8,14 +8,15 @@ never duplicates rows.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 from numpy.typing import NDArray
 from sqlalchemy import String, and_, cast, delete, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -33,7 +34,7 @@ from service.models import (
 
 ScoreOrder = Literal["score_desc", "index"]
 COPY_CHUNK = 1 << 20
-SCORE_COLUMNS = ("job_id", "sample_index", "score", "flagged", "rank")
+SCORE_COLUMNS = ("job_id", "method", "sample_index", "score", "flagged", "rank")
 
 
 class InvalidTransition(ValueError):
@@ -220,48 +221,136 @@ def get_job_state(session: Session, job_id: str) -> str | None:
 
 # --- scores -----------------------------------------------------------------
 
+# PostgreSQL binary COPY: a 19-byte header, then per row a field count and
+# (length, big-endian value) per field; every row of one write has the same
+# width, so numpy lays the whole payload out at once (no per-row Python).
+PGCOPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+PGCOPY_TRAILER = struct.pack(">h", -1)
 
-def _score_table(job_id: str, scores: NDArray[np.float64], flags: NDArray[np.bool_]) -> pa.Table:
-    n = int(scores.shape[0])
-    return pa.table(
-        {
-            "job_id": pa.repeat(job_id, n),
-            "sample_index": pa.array(np.arange(n, dtype=np.int64)),
-            "score": pa.array(np.asarray(scores, dtype=np.float64)),
-            "flagged": pa.array(np.asarray(flags, dtype=bool)),
-            "rank": pa.array(rank_by_score(scores)),
-        }
+
+def _copy_dtype(job_id: bytes, method: bytes) -> np.dtype[Any]:
+    return np.dtype(
+        [
+            ("n_fields", ">i2"),
+            *_field("job_id", f"S{len(job_id)}"),
+            *_field("method", f"S{len(method)}"),
+            *_field("sample_index", ">i4"),
+            *_field("score", ">f8"),
+            *_field("flagged", "u1"),
+            *_field("rank", ">i4"),
+        ]
     )
 
 
-def replace_scores(
-    session: Session, job_id: str, scores: NDArray[np.float64], flags: NDArray[np.bool_]
+def _field(name: str, dtype: str) -> list[tuple[str, str]]:
+    return [(f"{name}_len", ">i4"), (name, dtype)]
+
+
+def copy_payload(
+    job_id: str, method: str, scores: NDArray[np.float64], flags: NDArray[np.bool_]
+) -> bytes:
+    """The rows of one (job, method) in PostgreSQL's binary COPY format (columns: SCORE_COLUMNS)."""
+    jid, name = job_id.encode(), method.encode()
+    rows = np.empty(scores.shape[0], dtype=_copy_dtype(jid, name))
+    rows["n_fields"] = len(SCORE_COLUMNS)
+    values: dict[str, Any] = {
+        "job_id": jid,
+        "method": name,
+        "sample_index": np.arange(scores.shape[0]),
+        "score": scores,
+        "flagged": flags,
+        "rank": rank_by_score(scores),
+    }
+    for column, value in values.items():
+        rows[column] = value
+        rows[f"{column}_len"] = rows.dtype.fields[column][0].itemsize
+    return PGCOPY_HEADER + rows.tobytes() + PGCOPY_TRAILER
+
+
+def _insert_rows(
+    session: Session,
+    job_id: str,
+    method: str,
+    scores: NDArray[np.float64],
+    flags: NDArray[np.bool_],
+) -> None:
+    """Plain executemany of tuples on the driver (SQLite): no per-row ORM work."""
+    n = int(scores.shape[0])
+    rows = list(
+        zip(
+            repeat(job_id, n),
+            repeat(method, n),
+            range(n),
+            scores.tolist(),
+            flags.tolist(),
+            rank_by_score(scores).tolist(),
+            strict=True,
+        )
+    )
+    marks = ", ".join("?" * len(SCORE_COLUMNS))
+    sql = f"INSERT INTO sample_score ({', '.join(SCORE_COLUMNS)}) VALUES ({marks})"
+    session.connection().exec_driver_sql(sql, rows)
+
+
+def delete_scores(session: Session, job_id: str, method: str | None = None) -> None:
+    """Delete the job's scores (of one method, or all)."""
+    stmt = delete(SampleScore).where(SampleScore.job_id == job_id)
+    if method is not None:
+        stmt = stmt.where(SampleScore.method == method)
+    session.execute(stmt)
+
+
+def insert_scores(
+    session: Session,
+    job_id: str,
+    method: str,
+    scores: NDArray[np.float64],
+    flags: NDArray[np.bool_],
 ) -> int:
-    """Delete the job's scores and insert one row per sample, in the session's transaction."""
+    """Insert one row per sample for (job, method): binary COPY on PostgreSQL."""
+    scores = np.asarray(scores, dtype=np.float64)
+    flags = np.asarray(flags, dtype=bool)
     if scores.ndim != 1 or flags.shape != scores.shape:
         raise ValueError("scores and flags must be 1-D arrays of equal length")
-    session.execute(delete(SampleScore).where(SampleScore.job_id == job_id))
-    table = _score_table(job_id, scores, flags)
+    if not scores.size:
+        return 0
     if session.get_bind().dialect.name == "postgresql":
-        _copy_rows(session, table)
-    elif table.num_rows:
-        session.execute(insert(SampleScore), table.to_pylist())
-    return int(table.num_rows)
+        _copy_rows(session, copy_payload(job_id, method, scores, flags))
+    else:
+        _insert_rows(session, job_id, method, scores, flags)
+    return int(scores.size)
 
 
-def _copy_rows(session: Session, table: pa.Table) -> None:
-    sink = pa.BufferOutputStream()
-    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False))
-    data = memoryview(sink.getvalue())
+def replace_scores(
+    session: Session,
+    job_id: str,
+    scores: NDArray[np.float64],
+    flags: NDArray[np.bool_],
+    method: str | None = None,
+) -> int:
+    """Replace the scores of one method (default: the job's) in the session's transaction."""
+    if method is None:
+        method = session.scalar(select(Job.method).where(Job.id == job_id))
+        if method is None:
+            raise ValueError(f"job {job_id} does not exist")
+    delete_scores(session, job_id, method)
+    return insert_scores(session, job_id, method, scores, flags)
+
+
+def _copy_rows(session: Session, payload: bytes) -> None:
+    data = memoryview(payload)
     raw = session.connection().connection.driver_connection
-    sql = f"COPY sample_score ({', '.join(SCORE_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
+    sql = f"COPY sample_score ({', '.join(SCORE_COLUMNS)}) FROM STDIN WITH (FORMAT binary)"
     with raw.cursor() as cur, cur.copy(sql) as copy:  # type: ignore[union-attr]
         for start in range(0, len(data), COPY_CHUNK):
             copy.write(data[start : start + COPY_CHUNK])
 
 
-def count_scores(session: Session, job_id: str) -> int:
+def count_scores(session: Session, job_id: str, method: str | None = None) -> int:
+    """Rows of the job (of one method, or all)."""
     stmt = select(func.count()).select_from(SampleScore).where(SampleScore.job_id == job_id)
+    if method is not None:
+        stmt = stmt.where(SampleScore.method == method)
     return session.scalar(stmt) or 0
 
 
@@ -283,20 +372,25 @@ def _with_sources(stmt: Any, job_id: str) -> Any:
     return stmt.outerjoin(DatasetSample, on)
 
 
+def _of(job_id: str, method: str) -> Any:
+    return and_(SampleScore.job_id == job_id, SampleScore.method == method)
+
+
 def page_scores(
     session: Session,
     job_id: str,
+    method: str,
     after: int | None,
     limit: int,
     flagged: bool | None = None,
     order: ScoreOrder = "score_desc",
 ) -> Sequence[Any]:
-    """Keyset page: rows after key ``after`` (a rank or a sample index, per ``order``).
+    """Keyset page of one method: rows after key ``after`` (a rank or a sample index).
 
     Rows carry ``sample_index``, ``score``, ``flagged``, ``rank`` and ``source``.
     """
     key = _order_key(order)
-    stmt = _with_sources(select(*SCORE_ROW, SOURCE), job_id).where(SampleScore.job_id == job_id)
+    stmt = _with_sources(select(*SCORE_ROW, SOURCE), job_id).where(_of(job_id, method))
     if flagged is not None:
         stmt = stmt.where(SampleScore.flagged == flagged)
     if after is not None:
@@ -305,14 +399,18 @@ def page_scores(
 
 
 def iter_scores(
-    session: Session, job_id: str, order: ScoreOrder = "index", batch_size: int = 50_000
+    session: Session,
+    job_id: str,
+    method: str,
+    order: ScoreOrder = "index",
+    batch_size: int = 50_000,
 ) -> Iterator[pa.RecordBatch]:
-    """All scores of a job as Arrow batches (columns: :data:`SCORE_SCHEMA`)."""
+    """All scores of one method as Arrow batches (columns: :data:`SCORE_SCHEMA`)."""
     key = _order_key(order)
     after = -1  # below every sample index and rank
     while True:
         stmt = _with_sources(select(*SCORE_ROW, SOURCE), job_id)
-        stmt = stmt.where(SampleScore.job_id == job_id, key > after)
+        stmt = stmt.where(_of(job_id, method), key > after)
         rows = session.execute(stmt.order_by(key).limit(batch_size)).all()
         if not rows:
             return

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from service.models import JobState
 
 ScoreOrder = Literal["score_desc", "index"]
+MethodName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MAX_METHODS = 12
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 Metadata = dict[MetadataKey, MetadataValue]
@@ -79,8 +81,23 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: str = Field(max_length=36)
-    method: str = Field(min_length=1, max_length=64)
-    params: dict[str, Any] = Field(default_factory=dict)
+    method: str | None = Field(
+        None, min_length=1, max_length=64, description="One detector (or give `methods`)."
+    )
+    methods: list[MethodName] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_METHODS,
+        description=(
+            "Several detectors in one job, sharing one base model; `params` is then keyed by "
+            "method name. Scores are stored per method plus `ensemble` (rank fusion) unless "
+            "listed; the first method is the default of score pages and exports."
+        ),
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The method's params; with several `methods`, {method: params}.",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
     clean_dataset_id: str | None = Field(None, max_length=36)
     ground_truth_poison_indices: list[int] | None = Field(
@@ -106,6 +123,19 @@ class JobCreate(BaseModel):
         description="Your signing key ('whsec_' + base64 of 24 to 64 bytes); none: one is "
         "generated and returned once, in this response.",
     )
+
+    @model_validator(mode="after")
+    def _one_way_to_name_methods(self) -> JobCreate:
+        if (self.method is None) == (self.methods is None):
+            raise ValueError("give exactly one of `method` or `methods`")
+        if self.methods is not None and len(set(self.methods)) != len(self.methods):
+            raise ValueError("`methods` must not repeat a method")
+        return self
+
+    @property
+    def method_list(self) -> list[str]:
+        """The named methods, in order (the first is the default)."""
+        return list(self.methods) if self.methods is not None else [str(self.method)]
 
 
 class ClassSummaryRead(BaseModel):
@@ -151,7 +181,14 @@ class JobRead(ReadModel):
     id: str
     dataset_id: str
     clean_dataset_id: str | None
-    method: str
+    method: str = Field(description="The default method (the first of `methods`).")
+    methods: list[str] = Field(
+        validation_alias=AliasChoices("method_list", "methods"),
+        description="Every detector the job runs, in order.",
+    )
+    score_methods: list[str] = Field(
+        description="What `?method=` of the scores and exports accepts (adds `ensemble`)."
+    )
     params: dict[str, Any]
     seed: int
     state: JobState
@@ -221,8 +258,13 @@ class ScoreRead(ReadModel):
 
 
 class ScorePage(BaseModel):
+    """One page; follow ``next`` (or pass ``next_cursor``) until it is null."""
+
     items: list[ScoreRead]
     next_cursor: str | None
+    next: str | None = Field(None, description="The URL of the next page; null on the last.")
+    method: str = Field(description="The method whose scores these are.")
+    limit: int = Field(description="The page size asked for (at most max_page_size).")
 
 
 class MethodRead(BaseModel):

@@ -20,6 +20,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from detection.defenses.ensemble import EnsembleParams, MemberRun, fuse_results
 from detection.metrics import evaluate
 from detection.readers import LoadedDataset, read_dataset
 from detection.registry import run_detector
@@ -29,7 +30,7 @@ from service import repository as repo
 from service.config import Settings
 from service.db import get_sessionmaker, session_scope
 from service.logs import job_context
-from service.models import FINISHED_STATES, JobState
+from service.models import FINISHED_STATES, FUSED_METHOD, JobState, score_methods
 from service.reaper import is_alive
 from service.storage import LocalStorage
 from worker.heartbeat import JobHeartbeat
@@ -45,14 +46,24 @@ class JobSpec:
     """What a job needs, read once so no session stays open while it runs."""
 
     job_id: str
-    method: str
-    params: dict[str, Any]
+    methods: list[str]
+    params: dict[str, Any]  # one method's params, or {method: params} for several
     seed: int
     data_uri: str
     data_format: str
     clean_uri: str | None
     clean_format: str | None
     ground_truth: dict[str, Any] | None
+
+    def params_for(self, method: str) -> dict[str, Any]:
+        if len(self.methods) == 1:
+            return self.params
+        return dict(self.params.get(method) or {})
+
+    @property
+    def fused(self) -> bool:
+        """Whether the job also stores ``ensemble``, fused from the listed methods."""
+        return FUSED_METHOD in score_methods(self.methods) and FUSED_METHOD not in self.methods
 
 
 @dataclass
@@ -119,7 +130,8 @@ def start_job(env: JobEnv, job_id: str) -> tuple[JobSpec | None, str]:
             log.warning("job %s runs on a live worker; duplicate message dropped", job_id)
             return None, job.state
         repo.mark_job_running(session, job_id, code_version())
-        log.info("job %s running (%s, attempt %d)", job_id, job.method, job.attempts + 1)
+        methods = ",".join(job.method_list)
+        log.info("job %s running (%s, attempt %d)", job_id, methods, job.attempts + 1)
         return _spec(session, job_id), JobState.running.value
 
 
@@ -131,7 +143,7 @@ def _spec(session: Session, job_id: str) -> JobSpec:
     assert data is not None
     return JobSpec(
         job_id=job.id,
-        method=job.method,
+        methods=job.method_list,
         params=dict(job.params),
         seed=job.seed,
         data_uri=data.storage_uri,
@@ -148,9 +160,31 @@ def execute(env: JobEnv, spec: JobSpec) -> str:
     ctx.report("load", 0.0)
     inp = load_input(env.storage, spec)
     ctx.check_cancel()
-    result = run_detector(spec.method, inp, spec.params, ctx)
+    runs = run_methods(spec, inp, ctx)
     ctx.check_cancel()
-    return persist(env, spec, result)
+    return persist(env, spec, runs, ctx)
+
+
+def run_methods(spec: JobSpec, inp: DetectionInput, ctx: RunContext) -> list[MemberRun]:
+    """Each listed method in turn on one context (one model cache: one base model),
+    then the fused ``ensemble`` when several ran. Progress splits evenly across methods."""
+    runs, n = [], len(spec.methods)
+    for i, name in enumerate(spec.methods):
+        ctx.check_cancel()
+        sub = ctx if n == 1 else ctx.sub(i / n, (i + 1) / n, f"{name}: ")
+        start = time.perf_counter()
+        result = run_detector(name, inp, spec.params_for(name), sub)
+        runs.append(MemberRun(name, result, time.perf_counter() - start))
+        log.info("job %s: %s done in %.1f s", spec.job_id, name, runs[-1].seconds)
+    if spec.fused:
+        start = time.perf_counter()
+        members = {name: spec.params_for(name) for name in spec.methods}
+        params = EnsembleParams.model_validate(
+            {"detectors": spec.methods, "detector_params": members}
+        )
+        fused = fuse_results(inp, runs, params)
+        runs.append(MemberRun(FUSED_METHOD, fused, time.perf_counter() - start))
+    return runs
 
 
 def _read(storage: LocalStorage, uri: str, fmt: str | None) -> LoadedDataset:
@@ -229,6 +263,36 @@ class CancelPoller:
         return self._cancel
 
 
+METHOD_METRICS = ("tpr", "fpr", "auroc", "ap", "tpr_at_fpr_1")
+
+
+def job_summary(
+    spec: JobSpec, runs: list[MemberRun], ctx: RunContext
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(summary, metrics) of the job: the default (first) method's, plus one entry per method.
+
+    ``summary["methods"][name]``: flagged count, target classes, seconds and,
+    with ground truth, TPR/FPR/AUROC/AP; ``summary["model_cache"]``: how many
+    base models were trained (misses) and reused (hits) across the methods.
+    """
+    per_method, default_metrics = {}, None
+    for i, run in enumerate(runs):
+        metrics = job_metrics(spec, run.result)
+        if i == 0:
+            default_metrics = metrics
+        entry: dict[str, Any] = {
+            "n_flagged": run.result.n_flagged,
+            "target_classes": [int(c) for c in run.result.target_classes],
+            "seconds": round(run.seconds, 3),
+        }
+        entry |= {k: metrics.get(k) for k in METHOD_METRICS} if metrics else {}
+        per_method[run.name] = entry
+    summary = json_safe(runs[0].result.summary())
+    summary["methods"] = per_method
+    summary["model_cache"] = {"trained": ctx.models.misses, "reused": ctx.models.hits}
+    return json_safe(summary), default_metrics
+
+
 def job_metrics(spec: JobSpec, result: DetectionResult) -> dict[str, Any] | None:
     if spec.ground_truth is None:
         return None
@@ -264,25 +328,38 @@ def db_retry(settings: Settings) -> Retrying:
     )
 
 
-def persist(env: JobEnv, spec: JobSpec, result: DetectionResult) -> str:
+def persist(env: JobEnv, spec: JobSpec, runs: list[MemberRun], ctx: RunContext) -> str:
     """:func:`persist_once`, retried through a database restart (it rewrites the same rows)."""
+    summary, metrics = job_summary(spec, runs, ctx)
     for attempt in db_retry(env.settings):
         with attempt:
-            return persist_once(env, spec, result)
+            return persist_once(env, spec, runs, summary, metrics)
     raise AssertionError("unreachable: tenacity reraises")
 
 
-def persist_once(env: JobEnv, spec: JobSpec, result: DetectionResult) -> str:
-    """Scores, summary, metrics and ``succeeded`` in one transaction."""
-    metrics = job_metrics(spec, result)
-    summary = json_safe(result.summary())
+def persist_once(
+    env: JobEnv,
+    spec: JobSpec,
+    runs: list[MemberRun],
+    summary: dict[str, Any],
+    metrics: dict[str, Any] | None,
+) -> str:
+    """Every method's scores, summary, metrics and ``succeeded`` in one transaction."""
     ProgressWriter(env.sessions, spec.job_id, 0.0)("persist", 0.99)
+    start = time.perf_counter()
     with session_scope(env.sessions) as session:
         job = repo.get_job(session, spec.job_id, for_update=True)
         if job is None or job.state != JobState.running:
             raise JobCancelled("cancelled before the results were stored")
-        repo.replace_scores(session, spec.job_id, result.scores, result.flags)
+        repo.delete_scores(session, spec.job_id)
+        rows = sum(
+            repo.insert_scores(session, spec.job_id, run.name, run.result.scores, run.result.flags)
+            for run in runs
+        )
         repo.mark_job_succeeded(session, spec.job_id, summary, metrics)
+    log.info(
+        "job %s: %d score rows stored in %.2f s", spec.job_id, rows, time.perf_counter() - start
+    )
     return JobState.succeeded.value
 
 

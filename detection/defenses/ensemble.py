@@ -14,6 +14,8 @@ and flags to a caller that wants them.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -106,16 +108,40 @@ def detect(inp: DetectionInput, params: EnsembleParams, ctx: RunContext) -> Dete
     """
     if params.requires_clean_reserve():
         require_reserve(inp, NAME, "a member (" + ", ".join(_reserve_members(params)) + ")")
-    members, ranks, votes = [], [], np.zeros(inp.n_samples, dtype=np.int64)
+    runs = []
     for i, name in enumerate(params.detectors):
         ctx.check_cancel()
         sub = ctx.sub(i / len(params.detectors), (i + 1) / len(params.detectors), f"{name}: ")
         start = time.perf_counter()
         result = DETECTORS.get(name).fn(inp, _member_params(name, params), sub)
         ctx.trace("ensemble_member", {"name": name, "scores": result.scores, "flags": result.flags})
-        ranks.append(normalised_ranks(result.scores))
-        votes += result.flags
-        members.append(_member_info(name, result, time.perf_counter() - start))
+        runs.append(MemberRun(name, result, time.perf_counter() - start))
+    return fuse_results(inp, runs, params)
+
+
+@dataclass(frozen=True)
+class MemberRun:
+    """One member detector's result and how long it took."""
+
+    name: str
+    result: DetectionResult
+    seconds: float
+
+
+def fuse_results(
+    inp: DetectionInput, runs: Sequence[MemberRun], params: EnsembleParams
+) -> DetectionResult:
+    """Fuse results the members already produced (what :func:`detect` does after running them).
+
+    A caller that ran the members itself (a job naming several methods) gets
+    the same fused score, flags and contributions without running them again.
+    """
+    members, ranks = [], []
+    votes = np.zeros(inp.n_samples, dtype=np.int64)
+    for run in runs:
+        ranks.append(normalised_ranks(run.result.scores))
+        votes += run.result.flags
+        members.append(_member_info(run.name, run.result, run.seconds))
     rank_matrix = np.vstack(ranks)
     scores = fuse(rank_matrix, params.fusion)
     flags = _flags(scores, votes, params)

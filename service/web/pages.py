@@ -125,6 +125,7 @@ def job_page(
     session: SessionDep,
     job_id: str,
     rank: Annotated[int, Query(ge=1, description="first rank of the suspect grid")] = 1,
+    method: Annotated[str | None, Query(max_length=64, description="whose scores")] = None,
 ) -> HTMLResponse:
     job = jobs.get(session, job_id)
     view = job_view(
@@ -135,6 +136,7 @@ def job_page(
         sample_url(job.dataset_id),
         rank,
         score_cache=request.app.state.score_cache,
+        method=method,
     )
     html = render(
         "job.html", v=view, job=view.job, refresh_ms=_refresh_ms(request), page_size=PAGE_SIZE
@@ -160,8 +162,8 @@ def job_status(
 @router.get("/jobs/{job_id}/cleansed.csv")
 def cleansed_csv(request: Request, session: SessionDep, job_id: str) -> Response:
     """The sample indices to keep (not flagged), one per line after a header."""
-    scores.require_succeeded(session, job_id)
-    keep = cleansed_indices(_factory(request), job_id)
+    method = scores.require_succeeded(session, job_id)
+    keep = cleansed_indices(_factory(request), job_id, method)
     body = "sample_index\n" + "".join(f"{i}\n" for i in keep.tolist())
     disposition = f'attachment; filename="{job_id}-cleansed-indices.csv"'
     return Response(body, media_type="text/csv", headers={"Content-Disposition": disposition})
@@ -170,10 +172,10 @@ def cleansed_csv(request: Request, session: SessionDep, job_id: str) -> Response
 @router.get("/jobs/{job_id}/cleansed.npz")
 def cleansed_npz(request: Request, session: SessionDep, job_id: str) -> FileResponse:
     """A copy of the dataset without the flagged samples (``x``, ``y``, ``source_index``)."""
-    scores.require_succeeded(session, job_id)
+    method = scores.require_succeeded(session, job_id)
     job = jobs.get(session, job_id)
     data = require_loaded(_cache(request), datasets.get(session, job.dataset_id))
-    keep = cleansed_indices(_factory(request), job_id)
+    keep = cleansed_indices(_factory(request), job_id, method)
     extra: dict[str, np.ndarray] = {"source_index": keep}
     if data.class_names is not None:
         extra["class_names"] = np.asarray(data.class_names)

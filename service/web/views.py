@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from markupsafe import Markup
@@ -98,16 +99,25 @@ class JobView:
     first_rank: int = 1
     page_size: int = PAGE_SIZE
     device: str | None = None
+    method: str = ""
+    score_methods: list[str] = field(default_factory=list)
+
+    @property
+    def method_query(self) -> str:
+        """``&method=..`` for links that must keep a method other than the default."""
+        if not self.method or self.method == self.job.method:
+            return ""
+        return "&method=" + quote(self.method)
 
     @property
     def last_rank(self) -> int:
         return self.first_rank + len(self.suspects) - 1
 
 
-def load_scores(factory: sessionmaker[Session], job_id: str) -> ScoreArrays:
-    """Every score of a succeeded job, in sample order (one array each)."""
+def load_scores(factory: sessionmaker[Session], job_id: str, method: str) -> ScoreArrays:
+    """Every score of one method of a succeeded job, in sample order (one array each)."""
     parts: list[tuple[Any, Any, Any]] = []
-    for batch in scores.iter_batches(factory, job_id, "index"):
+    for batch in scores.iter_batches(factory, job_id, "index", method):
         cols = batch.to_pydict()
         parts.append((cols["score"], cols["flagged"], cols["rank"]))
     if not parts:
@@ -128,16 +138,16 @@ class ScoreCache:
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
-        self._items: OrderedDict[tuple[str, str], ScoreArrays] = OrderedDict()
+        self._items: OrderedDict[tuple[str, str, str], ScoreArrays] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, factory: sessionmaker[Session], job: Job) -> ScoreArrays:
-        key = (job.id, str(job.finished_at))
+    def get(self, factory: sessionmaker[Session], job: Job, method: str) -> ScoreArrays:
+        key = (job.id, str(job.finished_at), method)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        arrays = load_scores(factory, job.id)
+        arrays = load_scores(factory, job.id, method)
         with self._lock:
             self._items[key] = arrays
             while len(self._items) > self.size:
@@ -154,8 +164,9 @@ def job_view(
     first_rank: int = 1,
     page_size: int = PAGE_SIZE,
     score_cache: ScoreCache | None = None,
+    method: str | None = None,
 ) -> JobView:
-    """The job page's content; results only once the job succeeded."""
+    """The job page's content; results (of ``method``, default the first) once it succeeded."""
     job = jobs.get(session, job_id)
     dataset = datasets.get(session, job.dataset_id)
     clean = datasets.get(session, job.clean_dataset_id) if job.clean_dataset_id else None
@@ -168,28 +179,43 @@ def job_view(
         succeeded=job.state == JobState.succeeded,
         params_json=json.dumps(job.params, indent=2, sort_keys=True),
         timings=timings(job),
-        statistic_name=STATISTIC_NAMES.get(job.method, "statistic"),
         first_rank=max(1, first_rank),
         page_size=page_size,
+        method=job.method,
+        score_methods=job.score_methods,
     )
     if view.succeeded:
-        arrays = (score_cache or ScoreCache()).get(factory, job)
+        view.method = scores.require_succeeded(session, job_id, method)
+        view.statistic_name = STATISTIC_NAMES.get(view.method, "statistic")
+        arrays = (score_cache or ScoreCache()).get(factory, job, view.method)
         _fill_results(view, arrays, require_loaded(cache, dataset), thumb)
     return view
 
 
+def method_results(job: Job, method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(summary, metrics) of one of the job's methods: the stored ones for the default,
+    the per-method entry (flags, targets, TPR/FPR/AUROC) for the others."""
+    summary = job.summary or {}
+    if method == job.method:
+        return summary, job.metrics or {}
+    entry = dict((summary.get("methods") or {}).get(method) or {})
+    metrics = {k: entry.pop(k) for k in list(entry) if k not in ("target_classes", "seconds")}
+    return {"target_classes": entry.get("target_classes", [])}, metrics
+
+
 def _fill_results(view: JobView, arr: ScoreArrays, data: LoadedDataset, thumb: Thumb) -> None:
-    job, summary = view.job, view.job.summary or {}
+    job = view.job
+    summary, metrics = method_results(job, view.method)
     labels = data.labels[: arr.scores.size]
     planted = _planted_mask(job, arr.scores.size)
     view.n_scores, view.n_flagged = int(arr.scores.size), int(arr.flags.sum())
     view.device = summary.get("device")
     view.target_classes = [class_name(data, int(c)) for c in summary.get("target_classes", [])]
     view.classes = _class_rows(summary, data, arr, labels, planted)
-    view.metrics = [(k, _fmt(v)) for k, v in sorted((job.metrics or {}).items())]
+    view.metrics = [(k, _fmt(v)) for k, v in sorted(metrics.items())]
     if planted is not None and planted.any() and not planted.all():
         fpr, tpr = roc_curve(arr.scores, planted)
-        auroc = (job.metrics or {}).get("auroc")
+        auroc = metrics.get("auroc")
         view.roc = roc_svg(fpr, tpr, auroc if isinstance(auroc, float) else None)
     if view.is_image and arr.scores.size:
         view.suspects = _suspects(view, arr, data, labels, planted, thumb)
@@ -310,7 +336,7 @@ def _fmt(v: Any) -> str:
     return json.dumps(v) if isinstance(v, dict | list) else str(v)
 
 
-def cleansed_indices(factory: sessionmaker[Session], job_id: str) -> NDArray[np.int64]:
-    """Sample indices the job did not flag, ascending: what to keep."""
-    arr = load_scores(factory, job_id)
+def cleansed_indices(factory: sessionmaker[Session], job_id: str, method: str) -> NDArray[np.int64]:
+    """Sample indices that ``method`` did not flag, ascending: what to keep."""
+    arr = load_scores(factory, job_id, method)
     return np.flatnonzero(~arr.flags).astype(np.int64)

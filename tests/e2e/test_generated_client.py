@@ -25,6 +25,7 @@ package_name_override: poisonscan_generated
 post_hooks: []
 content_type_overrides:
   application/vnd.apache.parquet: application/octet-stream
+  application/x-ndjson: text/plain
   image/png: application/octet-stream
 """
 FINISHED = {"succeeded", "failed", "cancelled"}

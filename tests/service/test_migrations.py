@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from alembic import command
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from service.config import Settings
 from service.db import get_engine
@@ -42,3 +44,39 @@ def test_downgrade_and_upgrade_again(settings: Settings) -> None:
     finally:
         command.upgrade(cfg, "head")
     assert _tables(settings) == TABLES
+
+
+def test_0006_gives_existing_scores_their_jobs_method(settings: Settings) -> None:
+    cfg = alembic_config(settings.database_url)
+    command.downgrade(cfg, "0003")
+    try:
+        with get_engine(settings.database_url).begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO dataset (id, name, format, sha256, size_bytes, n_samples, "
+                    "sample_shape, n_classes, class_counts, storage_uri, created_at) VALUES "
+                    "('d', 'd', 'npz', :sha, 1, 2, '[1]', 2, '[1, 1]', 'x', :now)"
+                ),
+                {"sha": "0" * 64, "now": datetime.now(UTC)},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO job (id, dataset_id, method, params, seed, state, progress, "
+                    "code_version, attempts, metadata, created_at, updated_at) VALUES "
+                    "('j', 'd', 'ac', '{}', 0, 'succeeded', 1.0, 'v', 1, '{}', :now, :now)"
+                ),
+                {"now": datetime.now(UTC)},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO sample_score (job_id, sample_index, score, flagged, rank) "
+                    "VALUES ('j', 0, 0.5, false, 2), ('j', 1, 0.9, true, 1)"
+                )
+            )
+    finally:
+        command.upgrade(cfg, "head")
+    with get_engine(settings.database_url).connect() as conn:
+        rows = conn.execute(text("SELECT method, sample_index FROM sample_score ORDER BY 2"))
+        assert [tuple(r) for r in rows] == [("ac", 0), ("ac", 1)]
+        job = conn.execute(text("SELECT methods FROM job WHERE id = 'j'")).scalar_one()
+        assert job is None  # read as [method]

@@ -139,3 +139,34 @@ def test_errors_on_pages_are_html(client: TestClient, tmp_path: Path) -> None:
     # The JSON API keeps its problem+json errors.
     api = client.get("/jobs/no-such-job")
     assert api.headers["content-type"] == "application/problem+json"
+
+
+def test_a_multi_method_job_page_links_each_score_set(
+    client: TestClient, settings: Settings, tmp_path: Path
+) -> None:
+    dataset_id = upload(client, npz_bytes(*tiny_images(), tmp_path), name="tiny").json()["id"]
+    body = {"dataset_id": dataset_id, "methods": ["ss", "ac"]}
+    job_id = client.post("/jobs", json=body).json()["id"]
+    rng = np.random.default_rng(0)
+    sets = {m: rng.normal(size=60) for m in ("ss", "ac", "ensemble")}
+    with session_scope(get_sessionmaker(settings.database_url)) as session:
+        repo.mark_job_running(session, job_id, "test")
+        for method, s in sets.items():
+            repo.insert_scores(session, job_id, method, s, s > 1.0)
+        per_method = {m: {"n_flagged": int((s > 1.0).sum())} for m, s in sets.items()}
+        summary = {"n_samples": 60, "n_flagged": 0, "methods": per_method}
+        repo.mark_job_succeeded(session, job_id, summary, None)
+
+    default = client.get(f"/ui/jobs/{job_id}").text
+    assert "ss + ac" in default
+    assert f'href="/ui/jobs/{job_id}?method=ac"' in default
+    assert f'href="/ui/jobs/{job_id}?method=ensemble"' in default
+    assert '<strong class="method current">ss</strong>' in default
+    assert f"<strong>{int((sets['ss'] > 1.0).sum())}</strong> of 60" in default
+
+    page = client.get(f"/ui/jobs/{job_id}", params={"method": "ensemble"})
+    assert page.status_code == 200
+    assert '<strong class="method current">ensemble</strong>' in page.text
+    assert f"<strong>{int((sets['ensemble'] > 1.0).sum())}</strong> of 60" in page.text
+    assert f"/jobs/{job_id}/scores.csv?method=ensemble" in page.text
+    assert client.get(f"/ui/jobs/{job_id}", params={"method": "nope"}).status_code == 422
