@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict
-from service.models import IdempotencyRecord
+from service.models import DEFAULT_TENANT, IdempotencyRecord
 
 MAX_KEY_LENGTH = 255
 
@@ -29,6 +29,16 @@ class IdempotentRequest:
     scope: str
     key: str
     fingerprint: str
+
+
+def scoped_key(key: str, tenant: str) -> str:
+    """Keys are per tenant: another tenant's key never replays (or reveals) this one's outcome.
+
+    The default tenant keeps the key as sent (the records of the open mode).
+    """
+    if tenant == DEFAULT_TENANT:
+        return key
+    return hashlib.sha256(f"{tenant}\x00{key}".encode()).hexdigest()
 
 
 def fingerprint(payload: Any) -> str:

@@ -15,15 +15,17 @@ import pyarrow as pa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import repository as repo
+from service.auth import OPEN, Principal
 from service.db import session_scope
 from service.errors import Conflict, InvalidInput, NotFound
 from service.models import JobState
 from service.schemas import ScoreOrder, ScorePage, ScoreRead
 
 
-def require_succeeded(session: Session, job_id: str) -> None:
-    """:class:`NotFound` for a missing job, :class:`Conflict` until it succeeded."""
-    state = repo.get_job_state(session, job_id)
+def require_succeeded(session: Session, job_id: str, principal: Principal = OPEN) -> None:
+    """:class:`NotFound` for a missing job (or another tenant's), :class:`Conflict` until
+    it succeeded. Scores belong to their job's tenant: every score read passes here first."""
+    state = repo.get_job_state(session, job_id, principal.visible_tenant)
     if state is None:
         raise NotFound(f"job {job_id} not found")
     if state != JobState.succeeded:
@@ -37,9 +39,10 @@ def list_page(
     cursor: str | None,
     limit: int,
     flagged: bool | None = None,
+    principal: Principal = OPEN,
 ) -> ScorePage:
     """One page of scores; ``next_cursor`` continues the same query."""
-    require_succeeded(session, job_id)
+    require_succeeded(session, job_id, principal)
     after = None if cursor is None else decode_cursor(cursor, order, flagged)
     rows = repo.page_scores(session, job_id, after, limit + 1, flagged, order)
     items = [ScoreRead.model_validate(r) for r in rows[:limit]]

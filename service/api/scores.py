@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 
 from service import repository as repo
 from service import scores
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import PrincipalDep, SessionDep, SettingsDep
 from service.api.responses import binary, problems
+from service.auth import Principal
 from service.errors import InvalidInput, field_error
 from service.schemas import ScoreOrder, ScorePage
 
-router = APIRouter(prefix="/jobs/{job_id}", tags=["scores"])
+router = APIRouter(prefix="/jobs/{job_id}", tags=["scores"], responses=problems(401))
 OrderQuery = Annotated[ScoreOrder, Query(description="score_desc: rank 1 first; index: by sample")]
 
 
@@ -34,6 +35,7 @@ PARQUET = "application/vnd.apache.parquet"
 
 @router.get("/scores", response_model=ScorePage, responses=SCORE_PROBLEMS)
 def list_scores(
+    principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
     job_id: str,
@@ -46,7 +48,7 @@ def list_scores(
     if limit > settings.max_page_size:
         msg = f"limit must be at most {settings.max_page_size}"
         raise InvalidInput(msg, [field_error(["query", "limit"], msg, "less_than_equal")])
-    return scores.list_page(session, job_id, order, cursor, limit, flagged)
+    return scores.list_page(session, job_id, order, cursor, limit, flagged, principal)
 
 
 class _Sink(io.RawIOBase):
@@ -94,9 +96,14 @@ def _parquet_chunks(batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
 
 
 def _export(
-    request: Request, session: Session, job_id: str, order: ScoreOrder, kind: str
+    request: Request,
+    session: Session,
+    principal: Principal,
+    job_id: str,
+    order: ScoreOrder,
+    kind: str,
 ) -> StreamingResponse:
-    scores.require_succeeded(session, job_id)
+    scores.require_succeeded(session, job_id, principal)
     batches = scores.iter_batches(request.app.state.sessionmaker, job_id, order)
     chunks, media = (
         (_csv_chunks(batches), CSV) if kind == "csv" else (_parquet_chunks(batches), PARQUET)
@@ -111,10 +118,14 @@ def _export(
     responses={200: binary(CSV, "Every score, one row per sample."), **SCORE_PROBLEMS},
 )
 def export_scores_csv(
-    request: Request, session: SessionDep, job_id: str, order: OrderQuery = "index"
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    job_id: str,
+    order: OrderQuery = "index",
 ) -> StreamingResponse:
     """All scores as CSV (sample_index, score, flagged, rank), streamed."""
-    return _export(request, session, job_id, order, "csv")
+    return _export(request, session, principal, job_id, order, "csv")
 
 
 @router.get(
@@ -123,7 +134,11 @@ def export_scores_csv(
     responses={200: binary(PARQUET, "Every score, one row per sample."), **SCORE_PROBLEMS},
 )
 def export_scores_parquet(
-    request: Request, session: SessionDep, job_id: str, order: OrderQuery = "index"
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    job_id: str,
+    order: OrderQuery = "index",
 ) -> StreamingResponse:
     """All scores as Parquet, streamed one row group per batch."""
-    return _export(request, session, job_id, order, "parquet")
+    return _export(request, session, principal, job_id, order, "parquet")

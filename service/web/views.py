@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from detection.metrics import roc_curve
 from detection.readers import LoadedDataset
 from service import datasets, jobs, scores
+from service.auth import OPEN, Principal
 from service.models import FINISHED_STATES, Dataset, Job, JobState
 from service.web.charts import class_histograms, histogram_svg, roc_svg
 from service.web.data import DatasetCache, class_name, is_image, require_loaded
@@ -154,9 +155,10 @@ def job_view(
     first_rank: int = 1,
     page_size: int = PAGE_SIZE,
     score_cache: ScoreCache | None = None,
+    principal: Principal = OPEN,
 ) -> JobView:
     """The job page's content; results only once the job succeeded."""
-    job = jobs.get(session, job_id)
+    job = jobs.get(session, job_id, principal=principal)
     dataset = datasets.get(session, job.dataset_id)
     clean = datasets.get(session, job.clean_dataset_id) if job.clean_dataset_id else None
     view = JobView(

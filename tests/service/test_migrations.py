@@ -13,6 +13,7 @@ TABLES = {
     "alembic_version",
     "dataset",
     "dataset_sample",
+    "api_key",
     "idempotency_record",
     "job",
     "sample_score",
