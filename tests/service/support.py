@@ -248,3 +248,16 @@ def s3_put(endpoint: str, path: str, data: bytes) -> None:
     if not fs.exists(bucket):
         fs.mkdir(bucket)
     fs.pipe(path, data)
+
+
+def make_key(settings: Settings, tenant: str, admin: bool = False, **quotas: int) -> str:
+    """A new API key of ``tenant`` (quota overrides by column name); returns its token."""
+    from service import auth
+    from service.db import get_sessionmaker, session_scope
+
+    with session_scope(get_sessionmaker(settings.database_url)) as session:
+        return auth.create(session, tenant, admin=admin, quotas=dict(quotas)).token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
