@@ -261,3 +261,19 @@ def make_key(settings: Settings, tenant: str, admin: bool = False, **quotas: int
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def data_bytes(tmp_path: Path, seed: int = 0) -> bytes:
+    return npz_bytes(*tiny_images(n=30, seed=seed), tmp_path)
+
+
+def post_dataset(api: TestClient, token: str, data: bytes) -> httpx.Response:
+    files = {"file": ("set.npz", io.BytesIO(data), "application/octet-stream")}
+    resp: httpx.Response = api.post("/datasets", files=files, headers=bearer(token))
+    return resp
+
+
+def post_job(api: TestClient, token: str, dataset_id: str) -> httpx.Response:
+    body = {"dataset_id": dataset_id, "method": "ss"}
+    resp: httpx.Response = api.post("/jobs", json=body, headers=bearer(token))
+    return resp

@@ -21,7 +21,14 @@ from service.config import Settings, get_settings
 from service.db import get_sessionmaker, session_scope
 from service.main import create_app
 from service.models import ApiKey, Dataset, Job
-from tests.service.support import bearer, make_key, npz_bytes, stored_files, tiny_images
+from tests.service.support import (
+    bearer,
+    data_bytes,
+    make_key,
+    post_dataset,
+    post_job,
+    stored_files,
+)
 
 PROBLEM = "application/problem+json"
 
@@ -35,22 +42,6 @@ def auth_settings(settings: Settings) -> Settings:
 def api(auth_settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(auth_settings), raise_server_exceptions=False) as c:
         yield c
-
-
-def data_bytes(tmp_path: Path, seed: int = 0) -> bytes:
-    return npz_bytes(*tiny_images(n=30, seed=seed), tmp_path)
-
-
-def post_dataset(api: TestClient, token: str, data: bytes) -> httpx.Response:
-    files = {"file": ("set.npz", io.BytesIO(data), "application/octet-stream")}
-    resp: httpx.Response = api.post("/datasets", files=files, headers=bearer(token))
-    return resp
-
-
-def post_job(api: TestClient, token: str, dataset_id: str) -> httpx.Response:
-    body = {"dataset_id": dataset_id, "method": "ss"}
-    resp: httpx.Response = api.post("/jobs", json=body, headers=bearer(token))
-    return resp
 
 
 def succeed(settings: Settings, job_id: str, n: int = 30) -> None:
