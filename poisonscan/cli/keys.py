@@ -47,8 +47,10 @@ def cmd_create(args: argparse.Namespace) -> int:
         print(f"poisonscan: error: {exc}", file=sys.stderr)
         return 2
     scope = "admin" if args.admin else "tenant"
-    print(f"created key {key_id} ({scope}, tenant {args.tenant}); it is shown this once:",
-          file=sys.stderr)
+    print(
+        f"created key {key_id} ({scope}, tenant {args.tenant}); it is shown this once:",
+        file=sys.stderr,
+    )
     print(created.token)
     return 0
 
