@@ -100,6 +100,8 @@ def create(
     """A new key of ``tenant``; ``quotas`` override the settings (``max_active_jobs``, ...)."""
     if not TENANT.match(tenant):
         raise InvalidInput("a tenant is 1-64 letters, digits, '_', '.' or '-'")
+    if name is not None and len(name) > 255:
+        raise InvalidInput("a key's name is at most 255 characters")
     key_id = secrets.token_hex(8)
     token = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
     key = ApiKey(

@@ -96,6 +96,7 @@ def create(
                 "datasets",
                 idempotency.scoped_key(idempotency_key, principal.tenant),
                 idempotency.fingerprint(body),
+                shown=idempotency_key,
             )
         record = idempotency.replayed(session, request)
         if record is not None:

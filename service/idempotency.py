@@ -29,6 +29,11 @@ class IdempotentRequest:
     scope: str
     key: str
     fingerprint: str
+    shown: str | None = None  # the key as the client sent it (``key`` may be tenant-scoped)
+
+    @property
+    def label(self) -> str:
+        return self.shown if self.shown is not None else self.key
 
 
 def scoped_key(key: str, tenant: str) -> str:
@@ -53,7 +58,7 @@ def replayed(session: Session, request: IdempotentRequest | None) -> Idempotency
         return None
     record = session.get(IdempotencyRecord, (request.scope, request.key))
     if record is not None and record.fingerprint != request.fingerprint:
-        raise Conflict(f"Idempotency-Key {request.key!r} was used with a different request body")
+        raise Conflict(f"Idempotency-Key {request.label!r} was used with a different request body")
     return record
 
 
@@ -75,5 +80,5 @@ def remember(
             session.add(record)
     except IntegrityError:
         raise Conflict(
-            f"a request with Idempotency-Key {request.key!r} is in progress; retry"
+            f"a request with Idempotency-Key {request.label!r} is in progress; retry"
         ) from None

@@ -86,7 +86,7 @@ def create(
     if idempotency_key is not None:
         fingerprint = idempotency.fingerprint(body.model_dump(mode="json"))
         key = idempotency.scoped_key(idempotency_key, principal.tenant)
-        request = IdempotentRequest("jobs", key, fingerprint)
+        request = IdempotentRequest("jobs", key, fingerprint, shown=idempotency_key)
     record = idempotency.replayed(session, request)
     if record is not None:
         return get(session, record.resource_id, principal=principal)
