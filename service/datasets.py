@@ -158,8 +158,9 @@ def _store(
     existing = repo.get_dataset_by_sha256(session, staged.sha256, principal.tenant)
     if existing is not None:
         return Created(existing, created=False)
-    quotas.check_upload(session, principal, staged.size_bytes)
+    quotas.check_upload(session, principal, staged.size_bytes, lock=False)  # before decoding
     loaded = _validate(staged, limits)
+    quotas.check_upload(session, principal, staged.size_bytes)  # under the key's lock
     uri = storage.uri_for(staged, loaded.format)
     fields = _dataset_fields(name or staged.sha256[:12], staged, loaded, uri)
     fields.update(source_uri=source_uri, tenant=principal.tenant, api_key_id=principal.key_id)

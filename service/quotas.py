@@ -44,14 +44,21 @@ def check_job(session: Session, principal: Principal) -> None:
         )
 
 
-def check_upload(session: Session, principal: Principal, size_bytes: int) -> None:
-    """:class:`QuotaExceeded` when storing ``size_bytes`` more breaks a quota of the key."""
+def check_upload(
+    session: Session, principal: Principal, size_bytes: int, lock: bool = True
+) -> None:
+    """:class:`QuotaExceeded` when storing ``size_bytes`` more breaks a quota of the key.
+
+    ``lock=False`` is the early check before the upload is decoded: it takes no lock
+    (on SQLite the lock is the whole database's, not to be held while decoding).
+    """
     quotas, key_id = principal.quotas, principal.key_id
     if quotas is None or key_id is None:
         return
     if not (quotas.max_uploads_per_minute or quotas.max_stored_bytes):
         return
-    _lock_key(session, key_id)
+    if lock:
+        _lock_key(session, key_id)
     if quotas.max_uploads_per_minute:
         _check_rate(session, key_id, quotas.max_uploads_per_minute)
     if quotas.max_stored_bytes:

@@ -124,3 +124,15 @@ def test_concurrent_submits_cannot_pass_the_last_slot(
     codes = sorted(r.status_code for r in resps)
     assert codes.count(202) == 2, [r.text for r in resps]
     assert count(auth_settings, Job) == 2
+
+
+def test_concurrent_uploads_cannot_pass_the_rate(
+    auth_settings: Settings, api: TestClient, tmp_path: Path
+) -> None:
+    token = make_key(auth_settings, "acme", max_uploads_per_minute=2)
+    blobs = [data_bytes(tmp_path, seed=s) for s in range(5)]
+    with ThreadPoolExecutor(5) as pool:
+        codes = sorted(pool.map(lambda b: post_dataset(api, token, b).status_code, blobs))
+    assert codes == [201, 201, 429, 429, 429]
+    assert count(auth_settings, Dataset) == 2
+    assert len(stored_files(auth_settings)) == 2
