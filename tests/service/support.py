@@ -69,7 +69,10 @@ def postgres_url() -> Iterator[str]:
 
 def _truncate(url: str) -> None:
     with psycopg.connect(_libpq(url), autocommit=True) as conn:
-        conn.execute("TRUNCATE sample_score, job, dataset, worker_heartbeat, api_key, idempotency_record CASCADE")
+        conn.execute(
+            "TRUNCATE sample_score, job, dataset, worker_heartbeat, api_key, "
+            "idempotency_record CASCADE"
+        )
 
 
 def _redis_url(db: int) -> str:
