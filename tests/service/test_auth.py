@@ -200,6 +200,8 @@ def test_lists_show_the_tenants_rows_and_admin_sees_all(
     assert ids(alice, "/jobs") == {ja} and ids(bob, "/jobs") == {jb}
     assert ids(bob, f"/jobs?dataset_id={a}") == set()
     assert ids(admin, "/datasets") == {a, b} and ids(admin, "/jobs") == {ja, jb}
+    owners = {j["id"]: j["tenant"] for j in api.get("/jobs", headers=bearer(admin)).json()["items"]}
+    assert owners == {ja: "alice", jb: "bob"}
     # The admin acts on any tenant's rows; a job it makes belongs to the dataset's tenant.
     assert api.get(f"/datasets/{b}", headers=bearer(admin)).status_code == 200
     jc = post_job(api, admin, a).json()["id"]
