@@ -14,6 +14,7 @@ stored job row, so all three accept exactly the same things.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -86,6 +87,7 @@ class Registry(Generic[F]):
         self.package = package
         self._entries: dict[str, Entry[F]] = {}
         self._loaded = False
+        self._lock = threading.RLock()
 
     def register(self, name: str, params_model: type[Params], description: str) -> Callable[[F], F]:
         def decorate(fn: F) -> F:
@@ -97,9 +99,14 @@ class Registry(Generic[F]):
         return decorate
 
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True
-            importlib.import_module(self.package)
+        # Under a lock and marked loaded only after the import: a second thread
+        # (the API's request pool) must not see the registry half-filled.
+        if self._loaded:
+            return
+        with self._lock:
+            if not self._loaded:
+                importlib.import_module(self.package)
+                self._loaded = True
 
     def get(self, name: str) -> Entry[F]:
         self._load()

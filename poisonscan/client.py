@@ -3,13 +3,15 @@
 It installs with ``pip install "poisonscan[client]"``: httpx and pyarrow, no
 torch, Celery or server code. ::
 
-    with Client("http://127.0.0.1:8000") as ps:
+    with Client("http://127.0.0.1:8000", api_key="psk_...") as ps:
         data = ps.upload("poisoned.npz", progress=lambda sent, total: ...)
         job = ps.wait(ps.submit(data.id, "ct", {"preset": "fast"}).id)
         frame = ps.scores_frame(job.id)  # pandas, one row per sample
 
 Every error response (RFC 9457 problem+json) raises :class:`ApiError` with the
-status, ``detail`` and the fields at fault.
+status, ``detail`` and the fields at fault. ``api_key`` (default: the
+``POISONSCAN_API_KEY`` environment variable) is sent as ``Authorization: Bearer``
+on every call, also through an ``http`` client passed in.
 """
 
 from __future__ import annotations
@@ -134,6 +136,12 @@ def job_body(
     return body | {k: v for k, v in options.items() if v is not None}
 
 
+def auth_header(api_key: str | None) -> dict[str, str]:
+    """``Authorization: Bearer`` for ``api_key``, else for ``$POISONSCAN_API_KEY``, else none."""
+    key = api_key if api_key is not None else os.environ.get("POISONSCAN_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def key_header(idempotency_key: str | None) -> dict[str, str]:
     return {"Idempotency-Key": idempotency_key} if idempotency_key else {}
 
@@ -207,11 +215,13 @@ class Client:
         timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
         http: httpx.Client | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.http = http or httpx.Client(
             base_url=base_url.rstrip("/"), timeout=timeout, headers=dict(headers or {})
         )
         self._owned = http is None
+        self._auth = auth_header(api_key)
 
     def __enter__(self) -> Client:
         return self
@@ -224,6 +234,7 @@ class Client:
             self.http.close()
 
     def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        kwargs["headers"] = {**self._auth, **kwargs.get("headers", {})}
         return check(self.http.request(method, url, **kwargs))
 
     def upload(
@@ -389,11 +400,13 @@ class AsyncClient:
         timeout: float = 60.0,
         headers: Mapping[str, str] | None = None,
         http: httpx.AsyncClient | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.http = http or httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout, headers=dict(headers or {})
         )
         self._owned = http is None
+        self._auth = auth_header(api_key)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -406,6 +419,7 @@ class AsyncClient:
             await self.http.aclose()
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        kwargs["headers"] = {**self._auth, **kwargs.get("headers", {})}
         return check(await self.http.request(method, url, **kwargs))
 
     async def upload(

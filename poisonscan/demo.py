@@ -32,6 +32,19 @@ def embedded_env(data_dir: Path) -> None:
     os.environ.setdefault("POISONSCAN_DATA_DIR", str(data_dir))
 
 
+def demo_api_key() -> str | None:
+    """A key of tenant ``demo`` when the configured service requires keys, else None."""
+    from service import auth
+    from service.config import get_settings
+    from service.db import get_sessionmaker, session_scope
+
+    settings = get_settings()
+    if not settings.auth_enabled:
+        return None
+    with session_scope(get_sessionmaker(settings.database_url)) as session:
+        return auth.create(session, "demo", name="poisonscan demo").token
+
+
 def make_poisoned_files(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Plant ``args.attack`` in the dataset; write the inspected set and clean reserve."""
     data = load_source(args.dataset, seed=args.seed)
@@ -105,7 +118,7 @@ def run_demo(args: argparse.Namespace) -> int:
     with (
         running_worker(work / "worker.log"),
         running_api(port) as url,
-        Client(url, timeout=60) as client,
+        Client(url, timeout=60, api_key=demo_api_key()) as client,
     ):
         inspected = client.upload(work / "inspected.npz", name="inspected")
         clean = client.upload(work / "clean.npz", name="clean")

@@ -105,6 +105,24 @@ class Settings(BaseSettings):
         description="Request headers must arrive within this (else the "
         "connection is closed); `poisonscan serve` only.",
     )
+    # --- auth, tenancy and per-key quotas (service/auth.py, service/quotas.py) ---
+    auth_enabled: bool = Field(
+        False,
+        description="Require an API key on every route but health, metrics and docs. "
+        "Off: the embedded/local mode, open, every row in tenant 'default'.",
+    )
+    quota_max_active_jobs: int = Field(
+        8, ge=0, description="Per key: queued + running jobs at once (0: no limit)."
+    )
+    quota_uploads_per_minute: int = Field(
+        30, ge=0, description="Per key: new datasets stored in any 60 s (0: no limit)."
+    )
+    quota_max_stored_bytes: int = Field(
+        50 * 1024 * MiB, ge=0, description="Per key: bytes of the datasets it stored (0: no limit)."
+    )
+    quota_retry_after_s: int = Field(
+        30, ge=1, le=86_400, description="Retry-After of a 429 for jobs or stored bytes."
+    )
 
     @model_validator(mode="after")
     def _fill_defaults_and_refuse_unsafe(self) -> Self:

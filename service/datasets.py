@@ -3,7 +3,8 @@
 Service vocabulary: :func:`get`, :func:`list_page`, :func:`create`,
 :func:`create_from_reference`, :func:`delete`. Functions
 take the session first, raise :mod:`service.errors` domain errors and never
-speak HTTP; the request boundary commits.
+speak HTTP; the request boundary commits. A ``principal`` scopes them to its
+tenant: another tenant's dataset is :class:`NotFound`, as if it did not exist.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from detection.readers import DatasetFormatError, LoadedDataset, ReaderLimits, read_dataset
-from service import idempotency, references
+from service import idempotency, quotas, references
 from service import repository as repo
+from service.auth import OPEN, Principal
 from service.config import Settings
 from service.errors import Conflict, InvalidInput, NotFound, TooLarge
 from service.guards import is_infrastructure_fault
@@ -40,16 +42,18 @@ class Created:
     created: bool
 
 
-def get(session: Session, dataset_id: str) -> Dataset:
-    dataset = repo.get_dataset(session, dataset_id)
+def get(session: Session, dataset_id: str, principal: Principal = OPEN) -> Dataset:
+    dataset = repo.get_dataset(session, dataset_id, principal.visible_tenant)
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} not found")
     return dataset
 
 
-def list_page(session: Session, limit: int, offset: int) -> tuple[Sequence[Dataset], int]:
-    """Newest first: one page of datasets and the total count."""
-    return repo.list_datasets(session, limit, offset)
+def list_page(
+    session: Session, limit: int, offset: int, principal: Principal = OPEN
+) -> tuple[Sequence[Dataset], int]:
+    """Newest first: one page of the datasets the principal sees and their total count."""
+    return repo.list_datasets(session, limit, offset, principal.visible_tenant)
 
 
 def upload_suffix(filename: str | None) -> str:
@@ -70,8 +74,13 @@ def create(
     idempotency_key: str | None = None,
     source_uri: str | None = None,
     limits: ReaderLimits | None = None,
+    principal: Principal = OPEN,
 ) -> Created:
     """Store ``source`` under its sha256 after validating it; the same bytes return the first.
+
+    The dataset belongs to the principal's tenant; the same bytes stored by
+    another tenant are neither returned nor reused (a row of its own). A new
+    dataset counts against the key's upload quotas (:class:`QuotaExceeded`).
 
     With ``idempotency_key``, a repeat of the same upload (bytes, name, filename)
     returns the first outcome; another upload under the key is a :class:`Conflict`.
@@ -83,12 +92,24 @@ def create(
         request = None
         if idempotency_key is not None:
             body = {"sha256": staged.sha256, "name": name, "filename": filename}
-            request = IdempotentRequest("datasets", idempotency_key, idempotency.fingerprint(body))
+            request = IdempotentRequest(
+                "datasets",
+                idempotency.scoped_key(idempotency_key, principal.tenant),
+                idempotency.fingerprint(body),
+                shown=idempotency_key,
+            )
         record = idempotency.replayed(session, request)
         if record is not None:
-            return Created(get(session, record.resource_id), created=record.status_code == 201)
+            dataset = get(session, record.resource_id, principal)
+            return Created(dataset, created=record.status_code == 201)
         stored = _store(
-            session, storage, staged, name or filename, source_uri, limits or ReaderLimits()
+            session,
+            storage,
+            staged,
+            name or filename,
+            source_uri,
+            limits or ReaderLimits(),
+            principal,
         )
         idempotency.remember(session, request, 201 if stored.created else 200, stored.dataset.id)
         return stored
@@ -104,6 +125,7 @@ def create_from_reference(
     name: str | None = None,
     idempotency_key: str | None = None,
     limits: ReaderLimits | None = None,
+    principal: Principal = OPEN,
 ) -> Created:
     """Copy the dataset at ``uri`` into storage with the checks of an upload (size first)."""
     ref = references.resolve(uri, settings)
@@ -112,7 +134,15 @@ def create_from_reference(
         raise TooLarge(f"{uri} holds {size} bytes; the limit is {storage.max_upload_bytes}")
     with references.open_reference(ref) as fh:
         return create(
-            session, storage, fh, ref.filename, name, idempotency_key, source_uri=uri, limits=limits
+            session,
+            storage,
+            fh,
+            ref.filename,
+            name,
+            idempotency_key,
+            source_uri=uri,
+            limits=limits,
+            principal=principal,
         )
 
 
@@ -123,14 +153,17 @@ def _store(
     name: str | None,
     source_uri: str | None,
     limits: ReaderLimits,
+    principal: Principal,
 ) -> Created:
-    existing = repo.get_dataset_by_sha256(session, staged.sha256)
+    existing = repo.get_dataset_by_sha256(session, staged.sha256, principal.tenant)
     if existing is not None:
         return Created(existing, created=False)
+    quotas.check_upload(session, principal, staged.size_bytes, lock=False)  # before decoding
     loaded = _validate(staged, limits)
+    quotas.check_upload(session, principal, staged.size_bytes)  # under the key's lock
     uri = storage.uri_for(staged, loaded.format)
     fields = _dataset_fields(name or staged.sha256[:12], staged, loaded, uri)
-    fields["source_uri"] = source_uri
+    fields.update(source_uri=source_uri, tenant=principal.tenant, api_key_id=principal.key_id)
     try:
         with session.begin_nested():
             dataset = repo.create_dataset(session, **fields)
@@ -139,19 +172,27 @@ def _store(
             return Created(dataset, created=True)
     except IntegrityError:
         # A concurrent upload of the same bytes won; its row owns the same file.
-        return Created(_existing_or_conflict(session, staged.sha256), created=False)
+        existing = _existing_or_conflict(session, staged.sha256, principal.tenant)
+        return Created(existing, created=False)
 
 
-def delete(session: Session, storage: LocalStorage, dataset_id: str) -> None:
-    """Delete a dataset no job uses, then its file; :class:`Conflict` while jobs use it."""
-    dataset = get(session, dataset_id)
+def delete(
+    session: Session, storage: LocalStorage, dataset_id: str, principal: Principal = OPEN
+) -> None:
+    """Delete a dataset no job uses, then its file; :class:`Conflict` while jobs use it.
+
+    The file stays while another tenant's dataset was stored from the same bytes.
+    """
+    dataset = get(session, dataset_id, principal)
     n_jobs = repo.count_jobs_using_dataset(session, dataset_id)
     if n_jobs:
         raise Conflict(f"dataset {dataset_id} is used by {n_jobs} job(s); delete them first")
     uri = dataset.storage_uri
     repo.delete_dataset(session, dataset)
+    shared = repo.count_datasets_with_file(session, uri)
     session.commit()  # the row goes first: a file without a row is only garbage
-    storage.delete(uri)
+    if not shared:
+        storage.delete(uri)
 
 
 def _stage(storage: LocalStorage, source: BinaryIO, filename: str | None) -> StagedFile:
@@ -193,8 +234,8 @@ def _dataset_fields(
     }
 
 
-def _existing_or_conflict(session: Session, sha256: str) -> Dataset:
-    dataset = repo.get_dataset_by_sha256(session, sha256)
+def _existing_or_conflict(session: Session, sha256: str, tenant: str) -> Dataset:
+    dataset = repo.get_dataset_by_sha256(session, sha256, tenant)
     if dataset is None:
         raise Conflict("dataset could not be stored; retry")
     return dataset

@@ -70,10 +70,34 @@ class ServiceError(Exception):
 
     status: ClassVar[int] = 400
 
-    def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        self.headers = headers
+
+
+class Unauthorized(ServiceError):
+    """No API key, or one that is unknown or revoked (auth on)."""
+
+    status = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="poisonscan"'})
+
+
+class QuotaExceeded(ServiceError):
+    """A per-key quota (active jobs, uploads per minute, stored bytes); retry after a while."""
+
+    status = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, int(retry_after_s)))})
 
 
 class NotFound(ServiceError):
@@ -132,7 +156,9 @@ async def _http_exception(request: Request, exc: Exception) -> ProblemResponse:
 
 async def _service_error(request: Request, exc: Exception) -> ProblemResponse:
     assert isinstance(exc, ServiceError)
-    return problem(exc.status, exc.detail, instance=_instance(request), errors=exc.errors)
+    return problem(
+        exc.status, exc.detail, instance=_instance(request), errors=exc.errors, headers=exc.headers
+    )
 
 
 async def _request_validation(request: Request, exc: Exception) -> ProblemResponse:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.errors import Conflict
-from service.models import IdempotencyRecord
+from service.models import DEFAULT_TENANT, IdempotencyRecord
 
 MAX_KEY_LENGTH = 255
 
@@ -29,6 +29,21 @@ class IdempotentRequest:
     scope: str
     key: str
     fingerprint: str
+    shown: str | None = None  # the key as the client sent it (``key`` may be tenant-scoped)
+
+    @property
+    def label(self) -> str:
+        return self.shown if self.shown is not None else self.key
+
+
+def scoped_key(key: str, tenant: str) -> str:
+    """Keys are per tenant: another tenant's key never replays (or reveals) this one's outcome.
+
+    The default tenant keeps the key as sent (the records of the open mode).
+    """
+    if tenant == DEFAULT_TENANT:
+        return key
+    return hashlib.sha256(f"{tenant}\x00{key}".encode()).hexdigest()
 
 
 def fingerprint(payload: Any) -> str:
@@ -43,7 +58,7 @@ def replayed(session: Session, request: IdempotentRequest | None) -> Idempotency
         return None
     record = session.get(IdempotencyRecord, (request.scope, request.key))
     if record is not None and record.fingerprint != request.fingerprint:
-        raise Conflict(f"Idempotency-Key {request.key!r} was used with a different request body")
+        raise Conflict(f"Idempotency-Key {request.label!r} was used with a different request body")
     return record
 
 
@@ -65,5 +80,5 @@ def remember(
             session.add(record)
     except IntegrityError:
         raise Conflict(
-            f"a request with Idempotency-Key {request.key!r} is in progress; retry"
+            f"a request with Idempotency-Key {request.label!r} is in progress; retry"
         ) from None

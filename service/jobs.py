@@ -3,13 +3,15 @@
 Service vocabulary: :func:`get`, :func:`list_page`, :func:`create`,
 :func:`cancel`, :func:`delete`. Functions take the session first, raise :mod:`service.errors`
 domain errors and never speak HTTP. :func:`create` commits itself, because
-the job row must exist before its message can reach a worker.
+the job row must exist before its message can reach a worker. A ``principal``
+scopes them to its tenant: another tenant's job is :class:`NotFound`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,8 +20,9 @@ from sqlalchemy.orm import Session
 
 from detection.registry import DETECTORS, Params, parse_detector_params, requires_clean_reserve
 from detection.version import code_version
-from service import datasets, idempotency, webhooks
+from service import datasets, idempotency, quotas, webhooks
 from service import repository as repo
+from service.auth import OPEN, Principal
 from service.cost import check_cost, time_limits
 from service.errors import (
     Conflict,
@@ -39,22 +42,33 @@ from service.storage import LocalStorage
 log = logging.getLogger(__name__)
 
 
-def get(session: Session, job_id: str, for_update: bool = False) -> Job:
-    job = repo.get_job(session, job_id, for_update=for_update)
+def get(
+    session: Session, job_id: str, for_update: bool = False, principal: Principal = OPEN
+) -> Job:
+    job = repo.get_job(session, job_id, for_update=for_update, tenant=principal.visible_tenant)
     if job is None:
         raise NotFound(f"job {job_id} not found")
     return job
 
 
 def list_page(
-    session: Session, filters: repo.JobFilters, limit: int, offset: int
+    session: Session,
+    filters: repo.JobFilters,
+    limit: int,
+    offset: int,
+    principal: Principal = OPEN,
 ) -> tuple[Sequence[Job], int]:
-    """Newest first: one page of the jobs that match ``filters`` and their total count."""
+    """Newest first: one page of the principal's jobs that match ``filters``, and their count."""
+    filters = replace(filters, tenant=principal.visible_tenant)
     return repo.list_jobs(session, filters, limit, offset)
 
 
 def create(
-    session: Session, queue: JobQueue, body: JobCreate, idempotency_key: str | None = None
+    session: Session,
+    queue: JobQueue,
+    body: JobCreate,
+    idempotency_key: str | None = None,
+    principal: Principal = OPEN,
 ) -> Job:
     """Validate, store (state ``queued``), commit, then enqueue.
 
@@ -64,27 +78,32 @@ def create(
     Raises :class:`InvalidInput` for an unknown method, bad params, params that
     need a clean reserve without one, a mismatched clean dataset, bad ground
     truth or a refused ``callback_url`` / ``webhook_secret``; :class:`NotFound` for
-    a missing dataset; :class:`Unavailable` when the queue is down (the stored job
-    is then marked failed).
+    a missing dataset (or one of another tenant); :class:`QuotaExceeded` when the key
+    has its limit of active jobs; :class:`Unavailable` when the queue is down (the
+    stored job is then marked failed). The job belongs to its dataset's tenant.
     """
     request = None
     if idempotency_key is not None:
         fingerprint = idempotency.fingerprint(body.model_dump(mode="json"))
-        request = IdempotentRequest("jobs", idempotency_key, fingerprint)
+        key = idempotency.scoped_key(idempotency_key, principal.tenant)
+        request = IdempotentRequest("jobs", key, fingerprint, shown=idempotency_key)
     record = idempotency.replayed(session, request)
     if record is not None:
-        return get(session, record.resource_id)
+        return get(session, record.resource_id, principal=principal)
     methods = body.method_list
     resolved = validate_methods(methods, body.params)
-    dataset = datasets.get(session, body.dataset_id)
-    clean = None if body.clean_dataset_id is None else datasets.get(session, body.clean_dataset_id)
+    dataset = datasets.get(session, body.dataset_id, principal)
+    clean = _clean_dataset(session, body.clean_dataset_id, dataset, principal)
     for name, params in resolved.items():
         check_inputs(name, params, dataset, clean)
     stored = stored_params(resolved)
     passes = check_cost(stored, dataset.n_samples, queue.settings)
     callback = webhooks.job_fields(body.callback_url, body.webhook_secret, queue.settings)
+    quotas.check_job(session, principal)
     job = repo.create_job(
         session,
+        tenant=dataset.tenant,
+        api_key_id=principal.key_id,
         dataset_id=dataset.id,
         clean_dataset_id=body.clean_dataset_id,
         method=methods[0],
@@ -102,21 +121,35 @@ def create(
     return job
 
 
-def cancel(session: Session, job_id: str) -> Job:
+def _clean_dataset(
+    session: Session, clean_id: str | None, dataset: Dataset, principal: Principal
+) -> Dataset | None:
+    """The clean reserve, of the dataset's own tenant (an admin cannot mix tenants)."""
+    if clean_id is None:
+        return None
+    clean = datasets.get(session, clean_id, principal)
+    if clean.tenant != dataset.tenant:
+        raise NotFound(f"dataset {clean_id} not found")
+    return clean
+
+
+def cancel(session: Session, job_id: str, principal: Principal = OPEN) -> Job:
     """queued -> cancelled; running -> cancelling; cancelled/cancelling unchanged.
 
     Raises :class:`Conflict` for a job that already succeeded or failed.
     """
-    job = get(session, job_id, for_update=True)
+    job = get(session, job_id, for_update=True, principal=principal)
     try:
         return repo.request_cancel(session, job)
     except repo.InvalidTransition as exc:
         raise Conflict(str(exc)) from None
 
 
-def delete(session: Session, storage: LocalStorage, job_id: str) -> None:
+def delete(
+    session: Session, storage: LocalStorage, job_id: str, principal: Principal = OPEN
+) -> None:
     """Delete a finished job, its scores and its scratch files; :class:`Conflict` while active."""
-    job = get(session, job_id, for_update=True)
+    job = get(session, job_id, for_update=True, principal=principal)
     if job.state not in FINISHED_STATES:
         raise Conflict(f"job {job_id} is {job.state}; cancel it first")
     repo.delete_job(session, job)

@@ -1,4 +1,4 @@
-"""ORM tables: ``dataset``, ``job``, ``sample_score``, ``webhook_delivery``, ..."""
+"""ORM tables: ``dataset``, ``job``, ``sample_score``, ``webhook_delivery``, ``api_key``, ..."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -82,6 +83,8 @@ class JobState(StrEnum):
 
 
 FINISHED_STATES = frozenset({JobState.succeeded, JobState.failed, JobState.cancelled})
+ACTIVE_STATES = frozenset({JobState.queued, JobState.running, JobState.cancelling})
+DEFAULT_TENANT = "default"  # rows from before tenancy, and everything while auth is off
 
 
 class Base(DeclarativeBase):
@@ -89,13 +92,26 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSONType, datetime: UTCDateTime}
 
 
+def tenant_column() -> Mapped[str]:
+    return mapped_column(String(64), default=DEFAULT_TENANT, server_default=DEFAULT_TENANT)
+
+
+def api_key_column() -> Mapped[str | None]:
+    """The key that made the row (quotas count by it); kept when the key is revoked."""
+    return mapped_column(String(32), index=True)
+
+
 class Dataset(Base):
     __tablename__ = "dataset"
+    # The same bytes are one dataset per tenant: dedup never crosses tenants.
+    __table_args__ = (UniqueConstraint("tenant", "sha256"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = tenant_column()
+    api_key_id: Mapped[str | None] = api_key_column()
     name: Mapped[str] = mapped_column(String(255))
     format: Mapped[str] = mapped_column(String(32))
-    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     n_samples: Mapped[int] = mapped_column(Integer)
     sample_shape: Mapped[list[int]] = mapped_column(JSONType)
@@ -124,9 +140,12 @@ class Job(Base):
     __table_args__ = (
         Index("ix_job_state_created_at", "state", "created_at"),
         Index("ix_job_dataset_id", "dataset_id"),
+        Index("ix_job_tenant_created_at", "tenant", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant: Mapped[str] = tenant_column()  # the dataset's tenant; scores belong to it too
+    api_key_id: Mapped[str | None] = api_key_column()
     dataset_id: Mapped[str] = mapped_column(ForeignKey("dataset.id", ondelete="RESTRICT"))
     clean_dataset_id: Mapped[str | None] = mapped_column(
         ForeignKey("dataset.id", ondelete="RESTRICT")
@@ -257,3 +276,25 @@ class WebhookDelivery(Base):
     succeeded: Mapped[bool] = mapped_column(Boolean)
     duration_ms: Mapped[float] = mapped_column(Float)
     attempted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: a public ``id`` (the token's prefix) and the sha256 of the whole token.
+
+    The token itself is shown once at creation and never stored. Quota columns
+    left NULL fall back to the settings' defaults.
+    """
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str | None] = mapped_column(String(255))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_uploads_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None]  # written when a quota is checked (locks the row)
+    revoked_at: Mapped[datetime | None]

@@ -44,12 +44,26 @@ class InvalidTransition(ValueError):
 # --- datasets ---------------------------------------------------------------
 
 
-def get_dataset(session: Session, dataset_id: str) -> Dataset | None:
-    return session.get(Dataset, dataset_id)
+def _visible(row: Any, tenant: str | None) -> Any:
+    """``row`` when ``tenant`` may see it (None: any tenant), else None: as if missing."""
+    return row if row is not None and (tenant is None or row.tenant == tenant) else None
 
 
-def get_dataset_by_sha256(session: Session, sha256: str) -> Dataset | None:
-    return session.scalars(select(Dataset).where(Dataset.sha256 == sha256)).first()
+def get_dataset(session: Session, dataset_id: str, tenant: str | None = None) -> Dataset | None:
+    dataset: Dataset | None = _visible(session.get(Dataset, dataset_id), tenant)
+    return dataset
+
+
+def get_dataset_by_sha256(session: Session, sha256: str, tenant: str) -> Dataset | None:
+    """The tenant's dataset of these bytes (dedup never crosses tenants)."""
+    stmt = select(Dataset).where(Dataset.sha256 == sha256, Dataset.tenant == tenant)
+    return session.scalars(stmt).first()
+
+
+def count_datasets_with_file(session: Session, storage_uri: str) -> int:
+    """Rows sharing a content-addressed file (tenants that stored the same bytes)."""
+    stmt = select(func.count()).select_from(Dataset).where(Dataset.storage_uri == storage_uri)
+    return session.scalar(stmt) or 0
 
 
 def create_dataset(session: Session, **fields: Any) -> Dataset:
@@ -82,10 +96,13 @@ def delete_dataset(session: Session, dataset: Dataset) -> None:
     session.flush()
 
 
-def list_datasets(session: Session, limit: int, offset: int) -> tuple[Sequence[Dataset], int]:
-    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
-    stmt = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit)
-    return session.scalars(stmt.offset(offset)).all(), total
+def list_datasets(
+    session: Session, limit: int, offset: int, tenant: str | None = None
+) -> tuple[Sequence[Dataset], int]:
+    conds = [] if tenant is None else [Dataset.tenant == tenant]
+    total = session.scalar(select(func.count()).select_from(Dataset).where(*conds)) or 0
+    stmt = select(Dataset).where(*conds).order_by(Dataset.created_at.desc(), Dataset.id)
+    return session.scalars(stmt.limit(limit).offset(offset)).all(), total
 
 
 # --- jobs -------------------------------------------------------------------
@@ -96,6 +113,7 @@ class JobFilters:
     state: str | None = None
     method: str | None = None
     dataset_id: str | None = None
+    tenant: str | None = None  # None: every tenant (the admin scope)
 
 
 def create_job(session: Session, **fields: Any) -> Job:
@@ -105,8 +123,12 @@ def create_job(session: Session, **fields: Any) -> Job:
     return job
 
 
-def get_job(session: Session, job_id: str, for_update: bool = False) -> Job | None:
-    return session.get(Job, job_id, with_for_update=for_update, populate_existing=for_update)
+def get_job(
+    session: Session, job_id: str, for_update: bool = False, tenant: str | None = None
+) -> Job | None:
+    job = session.get(Job, job_id, with_for_update=for_update, populate_existing=for_update)
+    visible: Job | None = _visible(job, tenant)
+    return visible
 
 
 def list_jobs(
@@ -118,6 +140,7 @@ def list_jobs(
             (Job.state, filters.state),
             (Job.method, filters.method),
             (Job.dataset_id, filters.dataset_id),
+            (Job.tenant, filters.tenant),
         )
         if value is not None
     ]
@@ -215,8 +238,11 @@ def delete_job(session: Session, job: Job) -> None:
     session.flush()
 
 
-def get_job_state(session: Session, job_id: str) -> str | None:
-    return session.scalar(select(Job.state).where(Job.id == job_id))
+def get_job_state(session: Session, job_id: str, tenant: str | None = None) -> str | None:
+    stmt = select(Job.state).where(Job.id == job_id)
+    if tenant is not None:
+        stmt = stmt.where(Job.tenant == tenant)
+    return session.scalar(stmt)
 
 
 # --- scores -----------------------------------------------------------------

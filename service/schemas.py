@@ -58,6 +58,7 @@ class DatasetRead(ReadModel):
         None, description="class_names[c] names label c (ImageFolder folders, string labels)."
     )
     source_uri: str | None = Field(None, description="The reference it was imported from.")
+    tenant: str = Field(description="Owner: the tenant of the API key that stored it.")
     created_at: datetime
 
 
@@ -179,6 +180,7 @@ class JobMetrics(BaseModel):
 
 class JobRead(ReadModel):
     id: str
+    tenant: str = Field(description="Owner: the dataset's tenant; its scores belong to it too.")
     dataset_id: str
     clean_dataset_id: str | None
     method: str = Field(description="The default method (the first of `methods`).")

@@ -15,19 +15,23 @@ import pyarrow as pa
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import repository as repo
+from service.auth import OPEN, Principal
 from service.db import session_scope
 from service.errors import Conflict, InvalidInput, NotFound, field_error
 from service.models import JobState
 from service.schemas import ScoreOrder, ScorePage, ScoreRead
 
 
-def require_succeeded(session: Session, job_id: str, method: str | None = None) -> str:
+def require_succeeded(
+    session: Session, job_id: str, method: str | None = None, principal: Principal = OPEN
+) -> str:
     """The method whose scores to read: ``method``, or the job's default (its first).
 
-    :class:`NotFound` for a missing job, :class:`Conflict` until it succeeded,
-    :class:`InvalidInput` for a method the job has no scores of.
+    :class:`NotFound` for a missing job (or another tenant's), :class:`Conflict` until
+    it succeeded, :class:`InvalidInput` for a method the job has no scores of. Scores
+    belong to their job's tenant: every score read passes here first.
     """
-    job = repo.get_job(session, job_id)
+    job = repo.get_job(session, job_id, tenant=principal.visible_tenant)
     if job is None:
         raise NotFound(f"job {job_id} not found")
     if job.state != JobState.succeeded:
@@ -50,9 +54,10 @@ def list_page(
     limit: int,
     flagged: bool | None = None,
     method: str | None = None,
+    principal: Principal = OPEN,
 ) -> ScorePage:
     """One page of one method's scores; ``next_cursor`` continues the same query."""
-    method = require_succeeded(session, job_id, method)
+    method = require_succeeded(session, job_id, method, principal)
     after = None if cursor is None else decode_cursor(cursor, order, flagged, method)
     rows = repo.page_scores(session, job_id, method, after, limit + 1, flagged, order)
     items = [ScoreRead.model_validate(r) for r in rows[:limit]]

@@ -37,6 +37,7 @@ from standardwebhooks import Webhook
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from service import repository as repo
+from service.auth import OPEN, Principal
 from service.config import Settings
 from service.db import session_scope
 from service.errors import InvalidInput, NotFound, field_error
@@ -337,9 +338,12 @@ def deliver_due(
     return sum(deliver(sessions, settings, job_id, sleep) is not None for job_id in ids)
 
 
-def list_deliveries(session: Session, job_id: str) -> list[WebhookDelivery]:
-    """Every attempt for ``job_id``, oldest first; :class:`NotFound` for no such job."""
-    if repo.get_job(session, job_id) is None:
+def list_deliveries(
+    session: Session, job_id: str, principal: Principal = OPEN
+) -> list[WebhookDelivery]:
+    """Every attempt for ``job_id``, oldest first; :class:`NotFound` for no such job
+    (or another tenant's)."""
+    if repo.get_job(session, job_id, tenant=principal.visible_tenant) is None:
         raise NotFound(f"job {job_id} not found")
     stmt = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
     return list(session.scalars(stmt.order_by(WebhookDelivery.id)))

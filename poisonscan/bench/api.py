@@ -35,9 +35,13 @@ class ApiRunner:
     """Upload the poisoned set and reserve, start a job, wait for it, read its scores."""
 
     def __init__(
-        self, base_url: str, timeout: float = 3600.0, http: httpx.Client | None = None
+        self,
+        base_url: str,
+        timeout: float = 3600.0,
+        http: httpx.Client | None = None,
+        api_key: str | None = None,
     ) -> None:
-        self.client = Client(base_url, timeout=120, http=http)
+        self.client = Client(base_url, timeout=120, http=http, api_key=api_key)
         self.timeout = timeout
 
     def __call__(

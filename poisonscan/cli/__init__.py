@@ -1,7 +1,8 @@
 """The ``poisonscan`` console script.
 
 ``scan``, ``methods``, ``poison`` and ``bench`` need nothing but the library;
-``serve``, ``worker``, ``migrate`` and ``demo`` start the service's pieces.
+``serve``, ``worker``, ``migrate`` and ``demo`` start the service's pieces;
+``keys`` manages the service's API keys.
 Each command module adds its subparsers; this module only assembles and
 dispatches them.
 """
@@ -17,9 +18,9 @@ from pydantic import ValidationError
 from detection.readers import DatasetFormatError
 from detection.registry import UnknownNameError
 from detection.types import DetectionError
-from poisonscan.cli import bench, report, scan, service
+from poisonscan.cli import bench, keys, report, scan, service
 
-COMMAND_MODULES = (scan, bench, service, report)
+COMMAND_MODULES = (scan, bench, service, report, keys)
 DESCRIPTION = "Find backdoor poison samples in ML training sets, locally or through the service."
 USER_ERRORS = (DatasetFormatError, DetectionError, UnknownNameError, ValidationError, ValueError)
 

@@ -59,7 +59,7 @@ def bench_runner(args: argparse.Namespace) -> Runner:
         return local_runner(args.device)
     from poisonscan.bench.api import ApiRunner
 
-    return ApiRunner(args.api)
+    return ApiRunner(args.api, api_key=getattr(args, "api_key", None))
 
 
 def show(record: BenchRecord) -> None:
@@ -166,6 +166,9 @@ def add_parsers(sub: Any) -> None:
     b.add_argument("--reserve", type=int, default=200, help="clean reserve size")
     b.add_argument("--device")
     b.add_argument("--api", help="run detectors through a poisonscan API at this URL")
+    b.add_argument(
+        "--api-key", help="the API key for --api (default: $POISONSCAN_API_KEY when auth is on)"
+    )
     b.add_argument("--out", default="bench/out", help="directory for table, records, plots")
     b.add_argument("--no-plots", action="store_true")
     b.add_argument(

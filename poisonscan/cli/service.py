@@ -10,10 +10,13 @@ import argparse
 import os
 import signal
 import subprocess
+import sys
 from types import FrameType
 from typing import Any
 
 from poisonscan.runtime import migrate, worker_command
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -33,7 +36,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.config import get_settings
     from service.timeouts import HeaderTimeoutProtocol
 
-    args.workers = args.workers or get_settings().api_workers
+    settings = get_settings()
+    args.workers = args.workers or settings.api_workers
+    if not settings.auth_enabled and args.host not in LOOPBACK:
+        print(
+            f"poisonscan: warning: serving on {args.host} without API keys: anyone who reaches "
+            "it reads and changes everything (set POISONSCAN_AUTH_ENABLED=true)",
+            file=sys.stderr,
+        )
     # SIGTERM must unwind through ``finally`` (the default handler kills at once and
     # would orphan the worker); uvicorn re-raises it after its graceful shutdown.
     signal.signal(signal.SIGTERM, _exit_on_signal)

@@ -7,13 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from service import datasets
-from service.api.deps import IdempotencyKey, SessionDep, SettingsDep, StorageDep
+from service.api.deps import IdempotencyKey, PrincipalDep, SessionDep, SettingsDep, StorageDep
 from service.api.responses import problems
 from service.limits import upload_limits
 from service.models import Dataset
 from service.schemas import DatasetImport, DatasetPage, DatasetRead
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=problems(401))
 REUPLOAD: dict[int | str, dict[str, Any]] = {
     200: {"model": DatasetRead, "description": "The same bytes were stored before."}
 }
@@ -23,9 +23,10 @@ REUPLOAD: dict[int | str, dict[str, Any]] = {
     "",
     response_model=DatasetRead,
     status_code=201,
-    responses={**REUPLOAD, **problems(409, 413, 422)},
+    responses={**REUPLOAD, **problems(409, 413, 422, 429)},
 )
 def create_dataset(
+    principal: PrincipalDep,
     session: SessionDep,
     storage: StorageDep,
     settings: SettingsDep,
@@ -43,6 +44,7 @@ def create_dataset(
         name,
         idempotency_key=idempotency_key,
         limits=upload_limits(settings),
+        principal=principal,
     )
     if not stored.created:
         response.status_code = 200
@@ -54,9 +56,10 @@ def create_dataset(
     "/import",
     response_model=DatasetRead,
     status_code=201,
-    responses={**REUPLOAD, **problems(409, 413, 422)},
+    responses={**REUPLOAD, **problems(409, 413, 422, 429)},
 )
 def import_dataset(
+    principal: PrincipalDep,
     body: DatasetImport,
     session: SessionDep,
     storage: StorageDep,
@@ -67,7 +70,14 @@ def import_dataset(
     """Copy a dataset from s3://, https:// or file:// (under an allowed root) and check it
     like an upload (201); bytes stored before return that dataset (200)."""
     stored = datasets.create_from_reference(
-        session, storage, settings, body.uri, body.name, idempotency_key, upload_limits(settings)
+        session,
+        storage,
+        settings,
+        body.uri,
+        body.name,
+        idempotency_key,
+        upload_limits(settings),
+        principal,
     )
     if not stored.created:
         response.status_code = 200
@@ -77,12 +87,13 @@ def import_dataset(
 
 @router.get("", response_model=DatasetPage)
 def list_datasets(
+    principal: PrincipalDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> DatasetPage:
-    """Newest first."""
-    items, total = datasets.list_page(session, limit, offset)
+    """Newest first; a tenant's own datasets (every tenant's for the admin scope)."""
+    items, total = datasets.list_page(session, limit, offset, principal)
     return DatasetPage(
         items=[DatasetRead.model_validate(d) for d in items],
         total=total,
@@ -92,12 +103,14 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead, responses=problems(404))
-def get_dataset(session: SessionDep, dataset_id: str) -> Dataset:
-    return datasets.get(session, dataset_id)
+def get_dataset(principal: PrincipalDep, session: SessionDep, dataset_id: str) -> Dataset:
+    return datasets.get(session, dataset_id, principal)
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=problems(404, 409))
-def delete_dataset(session: SessionDep, storage: StorageDep, dataset_id: str) -> Response:
+def delete_dataset(
+    principal: PrincipalDep, session: SessionDep, storage: StorageDep, dataset_id: str
+) -> Response:
     """Delete a dataset and its file (409 while a job uses it: delete the jobs first)."""
-    datasets.delete(session, storage, dataset_id)
+    datasets.delete(session, storage, dataset_id, principal)
     return Response(status_code=204)

@@ -67,7 +67,18 @@ def limits_text(settings: Settings) -> str:
     return (
         f"Limits: an upload holds at most {settings.max_upload_bytes} bytes (413 above); "
         f"a score page at most {settings.max_page_size} rows (422 above). "
-        "Every error is RFC 9457 `application/problem+json`."
+        "Every error is RFC 9457 `application/problem+json`. " + auth_text(settings)
+    )
+
+
+def auth_text(settings: Settings) -> str:
+    if not settings.auth_enabled:
+        return "Auth: off on this server (open local mode; every row in tenant `default`)."
+    return (
+        "Auth: every operation needs an API key (`Authorization: Bearer <key>` or "
+        "`X-API-Key`; 401 without one). Rows belong to the key's tenant: another tenant's id "
+        "is 404. Per-key quotas (active jobs, uploads per minute, stored bytes) answer 429 "
+        "with `Retry-After`."
     )
 
 

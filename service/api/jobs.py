@@ -8,12 +8,12 @@ from fastapi import APIRouter, Query, Response
 
 from service import jobs
 from service import repository as repo
-from service.api.deps import IdempotencyKey, QueueDep, SessionDep, StorageDep
+from service.api.deps import IdempotencyKey, PrincipalDep, QueueDep, SessionDep, StorageDep
 from service.api.responses import problems
 from service.models import Job, JobState
 from service.schemas import JobCreate, JobCreated, JobPage, JobRead
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=problems(401))
 
 
 CANCEL_RESPONSES = {
@@ -24,9 +24,13 @@ CANCEL_RESPONSES = {
 
 
 @router.post(
-    "", response_model=JobCreated, status_code=202, responses=problems(404, 409, 413, 422, 503)
+    "",
+    response_model=JobCreated,
+    status_code=202,
+    responses=problems(404, 409, 413, 422, 429, 503),
 )
 def create_job(
+    principal: PrincipalDep,
     body: JobCreate,
     session: SessionDep,
     queue: QueueDep,
@@ -37,18 +41,19 @@ def create_job(
 
     With a ``callback_url``, the response carries the webhook's signing secret (only here).
     """
-    job = jobs.create(session, queue, body, idempotency_key)
+    job = jobs.create(session, queue, body, idempotency_key, principal)
     response.headers["Location"] = f"/jobs/{job.id}"
     return job
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=problems(404))
-def get_job(session: SessionDep, job_id: str) -> Job:
-    return jobs.get(session, job_id)
+def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> Job:
+    return jobs.get(session, job_id, principal=principal)
 
 
 @router.get("", response_model=JobPage)
 def list_jobs(
+    principal: PrincipalDep,
     session: SessionDep,
     state: JobState | None = None,
     method: Annotated[str | None, Query(max_length=64)] = None,
@@ -58,22 +63,26 @@ def list_jobs(
 ) -> JobPage:
     """Newest first, filtered by state, method and dataset."""
     filters = repo.JobFilters(state=state and state.value, method=method, dataset_id=dataset_id)
-    items, total = jobs.list_page(session, filters, limit, offset)
+    items, total = jobs.list_page(session, filters, limit, offset, principal)
     return JobPage(
         items=[JobRead.model_validate(j) for j in items], total=total, limit=limit, offset=offset
     )
 
 
 @router.post("/{job_id}/cancel", response_model=JobRead, responses=CANCEL_RESPONSES)
-def cancel_job(session: SessionDep, job_id: str, response: Response) -> Job:
+def cancel_job(
+    principal: PrincipalDep, session: SessionDep, job_id: str, response: Response
+) -> Job:
     """queued -> cancelled (200); running -> cancelling (202); finished -> 409."""
-    job = jobs.cancel(session, job_id)
+    job = jobs.cancel(session, job_id, principal)
     response.status_code = 202 if job.state == JobState.cancelling else 200
     return job
 
 
 @router.delete("/{job_id}", status_code=204, responses=problems(404, 409))
-def delete_job(session: SessionDep, storage: StorageDep, job_id: str) -> Response:
+def delete_job(
+    principal: PrincipalDep, session: SessionDep, storage: StorageDep, job_id: str
+) -> Response:
     """Delete a finished job and its scores (409 while it is queued or running: cancel it)."""
-    jobs.delete(session, storage, job_id)
+    jobs.delete(session, storage, job_id, principal)
     return Response(status_code=204)

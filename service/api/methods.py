@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from detection.registry import DETECTORS
+from service.api.deps import get_principal
+from service.api.responses import problems
 from service.schemas import MethodRead
 
-router = APIRouter(prefix="/methods", tags=["methods"])
+router = APIRouter(
+    prefix="/methods",
+    tags=["methods"],
+    dependencies=[Depends(get_principal)],
+    responses=problems(401),
+)
 
 
 @router.get("", response_model=list[MethodRead])

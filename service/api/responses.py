@@ -13,8 +13,10 @@ WHY: dict[int, str] = {
     400: "Malformed request.",
     404: "No such dataset or job.",
     409: "The resource's state does not allow it (or an Idempotency-Key was reused).",
+    401: "No API key, or an unknown or revoked one (auth on); see `WWW-Authenticate`.",
     413: "The upload exceeds the size limit.",
     422: "Invalid input: the fields at fault are in `errors`.",
+    429: "A quota of the API key is used up; retry after `Retry-After` seconds.",
     503: "A backing service (database or broker) is unavailable.",
 }
 

@@ -24,12 +24,13 @@ from sqlalchemy.orm import Session
 
 from service import repository as repo
 from service import scores
-from service.api.deps import SessionDep, SettingsDep
+from service.api.deps import PrincipalDep, SessionDep, SettingsDep
 from service.api.responses import binary, problems
+from service.auth import Principal
 from service.errors import InvalidInput, field_error
 from service.schemas import ScoreOrder, ScorePage
 
-router = APIRouter(prefix="/jobs/{job_id}", tags=["scores"])
+router = APIRouter(prefix="/jobs/{job_id}", tags=["scores"], responses=problems(401))
 OrderQuery = Annotated[ScoreOrder, Query(description="score_desc: rank 1 first; index: by sample")]
 MethodQuery = Annotated[
     str | None,
@@ -50,6 +51,7 @@ NDJSON = "application/x-ndjson"
 def list_scores(
     request: Request,
     response: Response,
+    principal: PrincipalDep,
     session: SessionDep,
     settings: SettingsDep,
     job_id: str,
@@ -75,7 +77,7 @@ def list_scores(
         err = field_error(["query", "limit"], msg, "less_than_equal")
         err["ctx"] = {"le": settings.max_page_size}
         raise InvalidInput(msg, [err])
-    page = scores.list_page(session, job_id, order, cursor, limit, flagged, method)
+    page = scores.list_page(session, job_id, order, cursor, limit, flagged, method, principal)
     if page.next_cursor is not None:
         url = request.url.include_query_params(cursor=page.next_cursor)
         page.next = f"{url.path}?{url.query}"
@@ -143,12 +145,13 @@ EXPORTS = {
 def _export(
     request: Request,
     session: Session,
+    principal: Principal,
     job_id: str,
     order: ScoreOrder,
     kind: str,
     method: str | None = None,
 ) -> StreamingResponse:
-    chosen = scores.require_succeeded(session, job_id, method)
+    chosen = scores.require_succeeded(session, job_id, method, principal)
     batches = scores.iter_batches(request.app.state.sessionmaker, job_id, order, chosen)
     encode, media = EXPORTS[kind]
     suffix = "" if method is None else f"-{chosen}"
@@ -164,13 +167,14 @@ def _export(
 )
 def export_scores_csv(
     request: Request,
+    principal: PrincipalDep,
     session: SessionDep,
     job_id: str,
     order: OrderQuery = "index",
     method: MethodQuery = None,
 ) -> StreamingResponse:
     """All scores as CSV (sample_index, score, flagged, rank, source), streamed."""
-    return _export(request, session, job_id, order, "csv", method)
+    return _export(request, session, principal, job_id, order, "csv", method)
 
 
 @router.get(
@@ -180,13 +184,14 @@ def export_scores_csv(
 )
 def export_scores_ndjson(
     request: Request,
+    principal: PrincipalDep,
     session: SessionDep,
     job_id: str,
     order: OrderQuery = "index",
     method: MethodQuery = None,
 ) -> StreamingResponse:
     """All scores as newline-delimited JSON (the page's row objects), streamed."""
-    return _export(request, session, job_id, order, "ndjson", method)
+    return _export(request, session, principal, job_id, order, "ndjson", method)
 
 
 @router.get(
@@ -196,10 +201,11 @@ def export_scores_ndjson(
 )
 def export_scores_parquet(
     request: Request,
+    principal: PrincipalDep,
     session: SessionDep,
     job_id: str,
     order: OrderQuery = "index",
     method: MethodQuery = None,
 ) -> StreamingResponse:
     """All scores as Parquet, streamed one row group per batch."""
-    return _export(request, session, job_id, order, "parquet", method)
+    return _export(request, session, principal, job_id, order, "parquet", method)

@@ -47,6 +47,12 @@ def run_migrations_online() -> None:
     engine = create_db_engine(database_url())
     try:
         with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                # Batch migrations recreate a table (copy, drop, rename). With foreign keys
+                # on, dropping the old parent would cascade to (or be refused by) its
+                # children; the pragma only takes effect outside a transaction.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
             _configure(connection)
             with context.begin_transaction():
                 context.run_migrations()

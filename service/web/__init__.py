@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from service.storage import LocalStorage
-from service.web import pages, reports, samples
+from service.web import login, pages, reports, samples
 from service.web.data import DatasetCache
 from service.web.errors import install_html_errors
 from service.web.views import ScoreCache
@@ -24,6 +24,7 @@ def install(app: FastAPI) -> None:
     app.state.score_cache = ScoreCache()
     app.state.ui_refresh_ms = REFRESH_MS  # how often live page parts poll
     app.include_router(samples.router)
+    app.include_router(login.router)
     app.include_router(pages.router)
     app.include_router(reports.router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from detection.readers import LoadedDataset, read_dataset
 from service import datasets
+from service.auth import OPEN, Principal
 from service.errors import InvalidInput, NotFound
 from service.models import Dataset
 from service.storage import LocalStorage
@@ -55,13 +56,19 @@ def class_name(loaded: LoadedDataset, label: int) -> str:
     return names[label] if names is not None and label < len(names) else str(label)
 
 
-def sample_png(session: Session, cache: DatasetCache, dataset_id: str, index: int) -> bytes:
+def sample_png(
+    session: Session,
+    cache: DatasetCache,
+    dataset_id: str,
+    index: int,
+    principal: Principal = OPEN,
+) -> bytes:
     """Sample ``index`` of the dataset as PNG bytes.
 
     Raises :class:`NotFound` for a missing dataset or an index outside ``[0, N)``,
     :class:`InvalidInput` for a dataset of feature vectors.
     """
-    row = datasets.get(session, dataset_id)
+    row = datasets.get(session, dataset_id, principal)
     if not is_image(row):
         raise InvalidInput(f"dataset {dataset_id} holds feature vectors, not images")
     if not 0 <= index < row.n_samples:

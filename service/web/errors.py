@@ -14,10 +14,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -48,8 +49,12 @@ def status_and_detail(exc: Exception) -> tuple[int, str]:
     return 500, "An unexpected error occurred."
 
 
-def error_page(request: Request, exc: Exception) -> HTMLResponse:
+def error_page(request: Request, exc: Exception) -> Response:
+    """The HTML error page; a page that needs an API key redirects to the login form."""
     status, detail = status_and_detail(exc)
+    if status == 401:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/ui/login?next={quote(target, safe='')}", status_code=303)
     if status >= 500:
         log.exception("error on page %s", request.url.path, exc_info=exc)
     html = render(
@@ -59,7 +64,8 @@ def error_page(request: Request, exc: Exception) -> HTMLResponse:
         detail=detail,
         path=request.url.path,
     )
-    return HTMLResponse(html, status_code=status)
+    headers = exc.headers if isinstance(exc, ServiceError) else None
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 def _wrap(previous: AnyHandler) -> Handler:

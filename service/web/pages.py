@@ -22,6 +22,8 @@ from detection.readers import write_npz
 from detection.registry import DETECTORS
 from service import datasets, jobs, scores
 from service import repository as repo
+from service.api.deps import PrincipalDep
+from service.auth import Principal
 from service.db import SessionDep
 from service.errors import InvalidInput
 from service.models import FINISHED_STATES, Dataset, JobState
@@ -76,14 +78,18 @@ JobFiltersDep = Annotated[repo.JobFilters, Depends(_filters)]
 
 
 def _rows_context(
-    request: Request, session: Session, filters: repo.JobFilters, offset: int
+    request: Request,
+    session: Session,
+    principal: Principal,
+    filters: repo.JobFilters,
+    offset: int,
 ) -> dict[str, object]:
-    items, total = jobs.list_page(session, filters, JOBS_PER_PAGE, offset)
+    items, total = jobs.list_page(session, filters, JOBS_PER_PAGE, offset, principal)
     names: dict[str, Dataset] = {}
     for job in items:
         if job.dataset_id not in names:
             names[job.dataset_id] = datasets.get(session, job.dataset_id)
-    query = {k: v for k, v in vars(filters).items() if v is not None}
+    query = {k: v for k, v in vars(filters).items() if v is not None and k != "tenant"}
 
     def page_url(at: int) -> str:
         return "/ui/jobs?" + urlencode({**query, "offset": at})
@@ -103,31 +109,40 @@ def _rows_context(
 
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(
-    request: Request, session: SessionDep, filters: JobFiltersDep, offset: OffsetQuery = 0
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    filters: JobFiltersDep,
+    offset: OffsetQuery = 0,
 ) -> HTMLResponse:
-    ctx = _rows_context(request, session, filters, offset)
-    html = render("jobs.html", states=STATES, methods=DETECTORS.names(), **ctx)
+    ctx = _rows_context(request, session, principal, filters, offset)
+    html = render("jobs.html", states=STATES, methods=DETECTORS.names(), principal=principal, **ctx)
     return HTMLResponse(html)
 
 
 @router.get("/jobs/rows", response_class=HTMLResponse)
 def jobs_rows(
-    request: Request, session: SessionDep, filters: JobFiltersDep, offset: OffsetQuery = 0
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    filters: JobFiltersDep,
+    offset: OffsetQuery = 0,
 ) -> HTMLResponse:
     """The jobs table's body alone: what the list page polls."""
-    ctx = _rows_context(request, session, filters, offset)
+    ctx = _rows_context(request, session, principal, filters, offset)
     return HTMLResponse(render("_job_rows.html", **ctx))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(
     request: Request,
+    principal: PrincipalDep,
     session: SessionDep,
     job_id: str,
     rank: Annotated[int, Query(ge=1, description="first rank of the suspect grid")] = 1,
     method: Annotated[str | None, Query(max_length=64, description="whose scores")] = None,
 ) -> HTMLResponse:
-    job = jobs.get(session, job_id)
+    job = jobs.get(session, job_id, principal=principal)
     view = job_view(
         session,
         _factory(request),
@@ -137,6 +152,7 @@ def job_page(
         rank,
         score_cache=request.app.state.score_cache,
         method=method,
+        principal=principal,
     )
     html = render(
         "job.html", v=view, job=view.job, refresh_ms=_refresh_ms(request), page_size=PAGE_SIZE
@@ -147,12 +163,13 @@ def job_page(
 @router.get("/jobs/{job_id}/status", response_class=HTMLResponse)
 def job_status(
     request: Request,
+    principal: PrincipalDep,
     session: SessionDep,
     job_id: str,
     was_finished: Annotated[bool, Query()] = True,
 ) -> HTMLResponse:
     """The job's live status box; asks the page to reload once an unfinished job finished."""
-    job = jobs.get(session, job_id)
+    job = jobs.get(session, job_id, principal=principal)
     finished = job.state in FINISHED_STATES
     reload = finished and not was_finished
     html = render("_job_status.html", job=job, refresh_ms=_refresh_ms(request), reload=reload)
@@ -160,9 +177,11 @@ def job_status(
 
 
 @router.get("/jobs/{job_id}/cleansed.csv")
-def cleansed_csv(request: Request, session: SessionDep, job_id: str) -> Response:
+def cleansed_csv(
+    request: Request, principal: PrincipalDep, session: SessionDep, job_id: str
+) -> Response:
     """The sample indices to keep (not flagged), one per line after a header."""
-    method = scores.require_succeeded(session, job_id)
+    method = scores.require_succeeded(session, job_id, principal=principal)
     keep = cleansed_indices(_factory(request), job_id, method)
     body = "sample_index\n" + "".join(f"{i}\n" for i in keep.tolist())
     disposition = f'attachment; filename="{job_id}-cleansed-indices.csv"'
@@ -170,10 +189,12 @@ def cleansed_csv(request: Request, session: SessionDep, job_id: str) -> Response
 
 
 @router.get("/jobs/{job_id}/cleansed.npz")
-def cleansed_npz(request: Request, session: SessionDep, job_id: str) -> FileResponse:
+def cleansed_npz(
+    request: Request, principal: PrincipalDep, session: SessionDep, job_id: str
+) -> FileResponse:
     """A copy of the dataset without the flagged samples (``x``, ``y``, ``source_index``)."""
-    method = scores.require_succeeded(session, job_id)
-    job = jobs.get(session, job_id)
+    method = scores.require_succeeded(session, job_id, principal=principal)
+    job = jobs.get(session, job_id, principal=principal)
     data = require_loaded(_cache(request), datasets.get(session, job.dataset_id))
     keep = cleansed_indices(_factory(request), job_id, method)
     extra: dict[str, np.ndarray] = {"source_index": keep}

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from detection.readers import LoadedDataset
 from service import datasets, jobs
+from service.auth import OPEN, Principal
 from service.models import JobState
 from service.web.data import DatasetCache, encode_png, is_image, require_loaded
 from service.web.templating import render
@@ -47,14 +48,20 @@ def hardware_rows(device: str | None) -> list[tuple[str, str]]:
 
 
 def render_report(
-    session: Session, factory: sessionmaker[Session], cache: DatasetCache, job_id: str
+    session: Session,
+    factory: sessionmaker[Session],
+    cache: DatasetCache,
+    job_id: str,
+    principal: Principal = OPEN,
 ) -> str:
     """The report of job ``job_id`` as one HTML document (results once it succeeded)."""
-    job = jobs.get(session, job_id)
+    job = jobs.get(session, job_id, principal=principal)
     dataset = datasets.get(session, job.dataset_id)
     images = is_image(dataset) and job.state == JobState.succeeded
     thumb = data_uri_thumbs(require_loaded(cache, dataset)) if images else _no_thumb
-    view = job_view(session, factory, cache, job_id, thumb, page_size=GALLERY_SIZE)
+    view = job_view(
+        session, factory, cache, job_id, thumb, page_size=GALLERY_SIZE, principal=principal
+    )
     return render(
         "report.html",
         v=view,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from service.api.deps import PrincipalDep
 from service.db import SessionDep
 from service.web.report import render_report
 
@@ -18,10 +19,16 @@ RESPONSES: dict[int | str, dict[str, object]] = {
 
 
 @router.get("/jobs/{job_id}/report.html", response_class=HTMLResponse, responses=RESPONSES)
-def job_report(request: Request, session: SessionDep, job_id: str) -> HTMLResponse:
+def job_report(
+    request: Request, principal: PrincipalDep, session: SessionDep, job_id: str
+) -> HTMLResponse:
     """One HTML file with the run manifest, the detection table, the plots and the gallery."""
     html = render_report(
-        session, request.app.state.sessionmaker, request.app.state.dataset_cache, job_id
+        session,
+        request.app.state.sessionmaker,
+        request.app.state.dataset_cache,
+        job_id,
+        principal,
     )
     disposition = f'inline; filename="{job_id}-report.html"'
     return HTMLResponse(html, headers={"Content-Disposition": disposition})

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from detection.metrics import roc_curve
 from detection.readers import LoadedDataset
 from service import datasets, jobs, scores
+from service.auth import OPEN, Principal
 from service.models import FINISHED_STATES, Dataset, Job, JobState
 from service.web.charts import class_histograms, histogram_svg, roc_svg
 from service.web.data import DatasetCache, class_name, is_image, require_loaded
@@ -165,9 +166,10 @@ def job_view(
     page_size: int = PAGE_SIZE,
     score_cache: ScoreCache | None = None,
     method: str | None = None,
+    principal: Principal = OPEN,
 ) -> JobView:
     """The job page's content; results (of ``method``, default the first) once it succeeded."""
-    job = jobs.get(session, job_id)
+    job = jobs.get(session, job_id, principal=principal)
     dataset = datasets.get(session, job.dataset_id)
     clean = datasets.get(session, job.clean_dataset_id) if job.clean_dataset_id else None
     view = JobView(
@@ -185,7 +187,7 @@ def job_view(
         score_methods=job.score_methods,
     )
     if view.succeeded:
-        view.method = scores.require_succeeded(session, job_id, method)
+        view.method = scores.require_succeeded(session, job_id, method, principal)
         view.statistic_name = STATISTIC_NAMES.get(view.method, "statistic")
         arrays = (score_cache or ScoreCache()).get(factory, job, view.method)
         _fill_results(view, arrays, require_loaded(cache, dataset), thumb)

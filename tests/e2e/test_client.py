@@ -16,7 +16,7 @@ from poisonscan.client import ApiError, AsyncClient, Client, Job
 from service.config import Settings
 from service.main import create_app
 from tests.e2e.support import serve
-from tests.service.support import npz_bytes
+from tests.service.support import make_key, npz_bytes
 from tests.worker.support import Planted, celery_worker, planted_digits
 
 SS = {"budget": 0.2, "base_model": {"arch": "mlp", "epochs": 3}}
@@ -116,4 +116,31 @@ def test_async_client_runs_the_same_flow_and_cancels(
     assert done.state == "succeeded"
     assert sent[-1] == len(data)
     assert [r["sample_index"] for r in rows] == list(range(N))
+    assert cancelled.state == "cancelled"
+
+
+def test_clients_send_the_api_key(
+    settings: Settings, tmp_path: Path, planted: Planted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auth on: ``api_key=`` (sync) and ``$POISONSCAN_API_KEY`` (async) reach the server."""
+    auth_settings = settings.model_copy(update={"auth_enabled": True})
+    token = make_key(auth_settings, "acme")
+    data = npz_bytes(planted.x[:60], planted.labels[:60], tmp_path)
+    monkeypatch.delenv("POISONSCAN_API_KEY", raising=False)
+    with serve(create_app(auth_settings)) as url:
+        with Client(url) as anonymous, pytest.raises(ApiError) as refused:
+            anonymous.upload(data)
+        with Client(url, api_key=token) as ps:
+            dataset = ps.upload(data, filename="d.npz")
+            job = ps.submit(dataset.id, "ss", SS)
+
+        async def flow() -> Job:
+            async with AsyncClient(url) as aps:
+                assert (await aps.dataset(dataset.id)).id == dataset.id
+                return await aps.cancel(job.id)
+
+        monkeypatch.setenv("POISONSCAN_API_KEY", token)
+        cancelled = asyncio.run(flow())
+
+    assert refused.value.status == 401
     assert cancelled.state == "cancelled"

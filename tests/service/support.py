@@ -69,7 +69,10 @@ def postgres_url() -> Iterator[str]:
 
 def _truncate(url: str) -> None:
     with psycopg.connect(_libpq(url), autocommit=True) as conn:
-        conn.execute("TRUNCATE sample_score, job, dataset, worker_heartbeat CASCADE")
+        conn.execute(
+            "TRUNCATE sample_score, job, dataset, worker_heartbeat, api_key, "
+            "idempotency_record CASCADE"
+        )
 
 
 def _redis_url(db: int) -> str:
@@ -248,3 +251,32 @@ def s3_put(endpoint: str, path: str, data: bytes) -> None:
     if not fs.exists(bucket):
         fs.mkdir(bucket)
     fs.pipe(path, data)
+
+
+def make_key(settings: Settings, tenant: str, admin: bool = False, **quotas: int) -> str:
+    """A new API key of ``tenant`` (quota overrides by column name); returns its token."""
+    from service import auth
+    from service.db import get_sessionmaker, session_scope
+
+    with session_scope(get_sessionmaker(settings.database_url)) as session:
+        return auth.create(session, tenant, admin=admin, quotas=dict(quotas)).token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def data_bytes(tmp_path: Path, seed: int = 0) -> bytes:
+    return npz_bytes(*tiny_images(n=30, seed=seed), tmp_path)
+
+
+def post_dataset(api: TestClient, token: str, data: bytes) -> httpx.Response:
+    files = {"file": ("set.npz", io.BytesIO(data), "application/octet-stream")}
+    resp: httpx.Response = api.post("/datasets", files=files, headers=bearer(token))
+    return resp
+
+
+def post_job(api: TestClient, token: str, dataset_id: str) -> httpx.Response:
+    body = {"dataset_id": dataset_id, "method": "ss"}
+    resp: httpx.Response = api.post("/jobs", json=body, headers=bearer(token))
+    return resp

@@ -10,11 +10,13 @@ from sqlalchemy import inspect, text
 from service.config import Settings
 from service.db import get_engine
 from service.migrate import alembic_config
+from service.models import utcnow
 
 TABLES = {
     "alembic_version",
     "dataset",
     "dataset_sample",
+    "api_key",
     "idempotency_record",
     "job",
     "sample_score",
@@ -80,3 +82,49 @@ def test_0006_gives_existing_scores_their_jobs_method(settings: Settings) -> Non
         assert [tuple(r) for r in rows] == [("ac", 0), ("ac", 1)]
         job = conn.execute(text("SELECT methods FROM job WHERE id = 'j'")).scalar_one()
         assert job is None  # read as [method]
+
+
+def test_0004_keeps_existing_rows_in_the_default_tenant(settings: Settings) -> None:
+    """Rows from before tenancy survive the upgrade (SQLite recreates ``dataset``) as 'default'."""
+    cfg = alembic_config(settings.database_url)
+    engine = get_engine(settings.database_url)
+    command.downgrade(cfg, "0003")
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO dataset (id, name, format, sha256, size_bytes, n_samples, "
+                    "sample_shape, n_classes, class_counts, storage_uri, created_at) VALUES "
+                    "('d1', 'old', 'npz', :sha, 10, 2, '[2]', 2, '[1, 1]', 'x/y.npz', :now)"
+                ),
+                {"sha": "ab" * 32, "now": utcnow()},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO dataset_sample (dataset_id, sample_index, source) "
+                    "VALUES ('d1', 0, 'a.png')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO job (id, dataset_id, method, params, seed, state, progress, "
+                    "code_version, attempts, metadata, created_at, updated_at) VALUES "
+                    "('j1', 'd1', 'ss', '{}', 0, 'succeeded', 1.0, 'v', 1, '{}', :now, :now)"
+                ),
+                {"now": utcnow()},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO sample_score (job_id, sample_index, score, flagged, rank) "
+                    "VALUES ('j1', 0, 0.5, false, 1)"
+                )
+            )
+    finally:
+        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT id, tenant, api_key_id FROM dataset")).all() == [
+            ("d1", "default", None)
+        ]
+        assert conn.execute(text("SELECT id, tenant FROM job")).all() == [("j1", "default")]
+        assert conn.execute(text("SELECT count(*) FROM dataset_sample")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM sample_score")).scalar() == 1
