@@ -20,7 +20,7 @@ import asyncio
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal
@@ -79,6 +79,8 @@ class Job(_Read):
     id: str
     dataset_id: str
     method: str
+    methods: list[str] = []
+    score_methods: list[str] = []
     state: str
     stage: str | None = None
     progress: float = 0.0
@@ -92,6 +94,9 @@ class Job(_Read):
     cancel_requested_at: datetime | None = None
     finished_at: datetime | None = None
     eta_seconds: float | None = None
+    callback_url: str | None = None
+    webhook_state: str | None = None
+    webhook_secret: str | None = None  # only in the response that created the job
 
     @property
     def finished(self) -> bool:
@@ -127,12 +132,19 @@ def backoff(initial: float, maximum: float, factor: float) -> Iterator[float]:
 
 def job_body(
     dataset_id: str,
-    method: str,
+    method: str | Sequence[str],
     params: Mapping[str, Any] | None,
     options: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The ``POST /jobs`` body; options left at None are not sent."""
-    body = {"dataset_id": dataset_id, "method": method, "params": dict(params or {})}
+    """The ``POST /jobs`` body; options left at None are not sent.
+
+    ``method`` is one detector name, or several (``methods``: one job, one shared base
+    model, params keyed by method name, a fused ``ensemble`` score stored beside them).
+    """
+    named: dict[str, Any] = (
+        {"method": method} if isinstance(method, str) else {"methods": list(method)}
+    )
+    body = {"dataset_id": dataset_id, **named, "params": dict(params or {})}
     return body | {k: v for k, v in options.items() if v is not None}
 
 
@@ -277,13 +289,14 @@ class Client:
     def submit(
         self,
         dataset_id: str,
-        method: str,
+        method: str | Sequence[str],
         params: Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
         **options: Any,
     ) -> Job:
-        """Start a job; ``options``: seed, clean_dataset_id, metadata, ground_truth_*_indices."""
+        """Start a job; ``options``: seed, clean_dataset_id, metadata, ground_truth_*_indices,
+        callback_url, webhook_secret (the returned job carries the signing secret once)."""
         body = job_body(dataset_id, method, params, options)
         resp = self._call("POST", "/jobs", json=body, headers=key_header(idempotency_key))
         return Job.model_validate(resp.json())
@@ -332,8 +345,10 @@ class Client:
         flagged: bool | None = None,
         limit: int = 1000,
         cursor: str | None = None,
+        method: str | None = None,
     ) -> ScorePage:
-        query = _page_query(order, flagged, limit, cursor)
+        """One page of one method's scores (``None``: the job's first method)."""
+        query = _page_query(order, flagged, limit, cursor, method)
         resp = self._call("GET", f"/jobs/{job_id}/scores", params=query)
         return ScorePage.model_validate(resp.json())
 
@@ -344,21 +359,29 @@ class Client:
         order: ScoreOrder = "score_desc",
         flagged: bool | None = None,
         page_size: int = 1000,
+        method: str | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Every score row, page after page (rank 1 first by default)."""
         cursor: str | None = None
         while True:
             page = self.score_page(
-                job_id, order=order, flagged=flagged, limit=page_size, cursor=cursor
+                job_id, order=order, flagged=flagged, limit=page_size, cursor=cursor, method=method
             )
             yield from page.items
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
 
-    def scores_table(self, job_id: str, *, fmt: Literal["parquet", "csv"] = "parquet") -> pa.Table:
-        """Every score as an Arrow table, by sample index (one download)."""
-        resp = self._call("GET", f"/jobs/{job_id}/scores.{fmt}", params={"order": "index"})
+    def scores_table(
+        self,
+        job_id: str,
+        *,
+        fmt: Literal["parquet", "csv"] = "parquet",
+        method: str | None = None,
+    ) -> pa.Table:
+        """Every score of one method as an Arrow table, by sample index (one download)."""
+        query = _export_query(method)
+        resp = self._call("GET", f"/jobs/{job_id}/scores.{fmt}", params=query)
         return read_table(resp.content, fmt)
 
     def scores_frame(self, job_id: str) -> Any:
@@ -377,14 +400,25 @@ def _checked(job: Job, check: bool) -> Job:
 
 
 def _page_query(
-    order: ScoreOrder, flagged: bool | None, limit: int, cursor: str | None
+    order: ScoreOrder,
+    flagged: bool | None,
+    limit: int,
+    cursor: str | None,
+    method: str | None = None,
 ) -> dict[str, Any]:
     query: dict[str, Any] = {"order": order, "limit": limit}
+    if method is not None:
+        query["method"] = method
     if flagged is not None:
         query["flagged"] = "true" if flagged else "false"
     if cursor is not None:
         query["cursor"] = cursor
     return query
+
+
+def _export_query(method: str | None) -> dict[str, Any]:
+    """``order=index`` (and ``method`` when one is chosen) for the score exports."""
+    return {"order": "index"} if method is None else {"order": "index", "method": method}
 
 
 # --------------------------------------------------------------------------- async
@@ -459,7 +493,7 @@ class AsyncClient:
     async def submit(
         self,
         dataset_id: str,
-        method: str,
+        method: str | Sequence[str],
         params: Mapping[str, Any] | None = None,
         *,
         idempotency_key: str | None = None,
@@ -510,10 +544,11 @@ class AsyncClient:
         order: ScoreOrder = "score_desc",
         flagged: bool | None = None,
         page_size: int = 1000,
+        method: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         cursor: str | None = None
         while True:
-            query = _page_query(order, flagged, page_size, cursor)
+            query = _page_query(order, flagged, page_size, cursor, method)
             resp = await self._call("GET", f"/jobs/{job_id}/scores", params=query)
             page = ScorePage.model_validate(resp.json())
             for item in page.items:
@@ -523,9 +558,14 @@ class AsyncClient:
             cursor = page.next_cursor
 
     async def scores_table(
-        self, job_id: str, *, fmt: Literal["parquet", "csv"] = "parquet"
+        self,
+        job_id: str,
+        *,
+        fmt: Literal["parquet", "csv"] = "parquet",
+        method: str | None = None,
     ) -> pa.Table:
-        resp = await self._call("GET", f"/jobs/{job_id}/scores.{fmt}", params={"order": "index"})
+        query = _export_query(method)
+        resp = await self._call("GET", f"/jobs/{job_id}/scores.{fmt}", params=query)
         return read_table(resp.content, fmt)
 
     async def scores_frame(self, job_id: str) -> Any:
