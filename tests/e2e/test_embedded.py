@@ -41,7 +41,7 @@ def embedded(tmp_path: Path) -> Iterator[tuple[httpx.Client, Settings]]:
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app"]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     with (
-        background(cmd, env, tmp_path / "api.log", lambda t: "Application startup complete" in t),
+        background(cmd, env, tmp_path / "api.log", lambda t: "Uvicorn running on" in t),
         celery_worker(settings, tmp_path / "worker.log", env),
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
     ):

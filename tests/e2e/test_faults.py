@@ -44,7 +44,7 @@ def api_process(
     port = _free_port()
     env = settings_env(settings) | dict(extra or {})
     cmd = [sys.executable, "-m", "poisonscan", "serve", "--port", str(port)]
-    ready = lambda text: "Application startup complete" in text  # noqa: E731
+    ready = lambda text: "Uvicorn running on" in text  # noqa: E731  (bound, not only started)
     with background(cmd, env, tmp_path / f"{log}.log", ready) as proc:
         yield proc, f"http://127.0.0.1:{port}"
 

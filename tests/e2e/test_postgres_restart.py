@@ -120,7 +120,7 @@ def test_postgres_restarts_during_a_job(
     port = _free_port()
     api = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "poisonscan", "serve", "--port", str(port)]
-    ready = lambda t: "Application startup complete" in t  # noqa: E731
+    ready = lambda t: "Uvicorn running on" in t  # noqa: E731
     env = settings_env(settings)
     with (
         background(cmd, env, tmp_path / "api.log", ready),

@@ -37,7 +37,7 @@ def test_sigterm_stops_the_api_and_its_worker(tmp_path: Path) -> None:
         env.pop(name, None)
     cmd = [sys.executable, "-m", "poisonscan", "serve", "--with-worker", "--port", str(port)]
     with background(
-        cmd, env, tmp_path / "serve.log", lambda t: "Application startup complete" in t
+        cmd, env, tmp_path / "serve.log", lambda t: "Uvicorn running on" in t
     ) as proc:
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
         workers = _children(proc.pid)
