@@ -36,9 +36,7 @@ def test_sigterm_stops_the_api_and_its_worker(tmp_path: Path) -> None:
     for name in ("POISONSCAN_DATABASE_URL", "POISONSCAN_BROKER_URL", "POISONSCAN_STORAGE_DIR"):
         env.pop(name, None)
     cmd = [sys.executable, "-m", "poisonscan", "serve", "--with-worker", "--port", str(port)]
-    with background(
-        cmd, env, tmp_path / "serve.log", lambda t: "Uvicorn running on" in t
-    ) as proc:
+    with background(cmd, env, tmp_path / "serve.log", lambda t: "Uvicorn running on" in t) as proc:
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
         workers = _children(proc.pid)
         assert workers and all(_alive(p) for p in workers)
