@@ -32,6 +32,7 @@ Factor = Annotated[int, Field(ge=1)]
 _PAPER: dict[str, Any] = {
     "arch": "resnet18",
     "width": None,
+    "feature_dim": None,
     "ratios": [1 / 2, 1 / 5, 1 / 25, 1 / 50, 1 / 100],
     "momentum": 0.7,
     "lambdas": [20.0, 20.0, 20.0, 30.0, 30.0, 15.0],
@@ -148,6 +149,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         **_ROBUST,
         "arch": "auto",
         "width": 16,
+        "feature_dim": 512,
         "batch_size": 64,
         "lrs": [2e-3, 2e-3, 3e-3, 6e-3, 6e-3, 1e-2],
         "lambdas": [20.0, 20.0, 20.0, 25.0, 20.0, 15.0],
@@ -186,6 +188,13 @@ class CTParams(DetectorParams):
     preset: Preset = Field("fast", description="Fills every field the caller leaves unset.")
     arch: Arch = Field(_d("arch"), description="auto: convnet for images, mlp for features.")
     width: int | None = Field(_d("width"), ge=4, le=512, description="None = arch default.")
+    feature_dim: int | None = Field(
+        _d("feature_dim"),
+        ge=16,
+        le=4096,
+        description="convnet only: width of the feature layer (None: 128). With 128 units "
+        "a weak trigger shares them with benign features and confusion erases it with them.",
+    )
     ratios: list[Ratio] = _per_round("ratios", 5)
     momentum: float = Field(_d("momentum"), ge=0, lt=1, description="Confusion-stage momentum.")
     lambdas: list[Lambda] = _per_round("lambdas")

@@ -66,7 +66,10 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
 
     def new_model(self, state: StateDict | None = None) -> Classifier:
-        model = build_model(self.arch, self.data.input_shape, self.inp.n_classes, self.params.width)
+        p = self.params
+        model = build_model(
+            self.arch, self.data.input_shape, self.inp.n_classes, p.width, p.feature_dim
+        )
         model = prepare_model(model, self.device, self.data.is_image)
         if state is not None:
             model.load_state_dict(state)
