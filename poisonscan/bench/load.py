@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from poisonscan.bench.rawhttp import RawGet
+from poisonscan.bench.rawhttp import IDLE_EXPIRY_S, RawGet
 from poisonscan.client import auth_header
 
 
@@ -101,7 +101,9 @@ def _getters(
         for raw in raws:
             stack.push_async_callback(raw.close)
         return [raw.get for raw in raws]
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    limits = httpx.Limits(
+        max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=IDLE_EXPIRY_S
+    )
     client = httpx.AsyncClient(base_url=url, limits=limits, timeout=30.0, headers=headers)
     stack.push_async_callback(client.aclose)
 

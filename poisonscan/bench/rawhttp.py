@@ -4,12 +4,18 @@ httpx costs ~4 ms of CPU per request with hundreds of pooled connections (twice
 what the server spends answering), so a generator built on it measures itself.
 This one costs a small fraction of that: one connection per poller, ``GET``
 only, bodies framed by ``Content-Length`` (what uvicorn sends for JSON).
+
+Idle connections are dropped after ``IDLE_EXPIRY_S``, below the server's
+keep-alive timeout (uvicorn: 5 s): a request sent on a connection the server
+is closing at that moment fails (a reset, or EOF before the response).
 """
 
 from __future__ import annotations
 
 import asyncio
 from urllib.parse import urlsplit
+
+IDLE_EXPIRY_S = 2.0
 
 
 class RawGet:
@@ -23,9 +29,12 @@ class RawGet:
         lines += [f"{name}: {value}" for name, value in headers.items()]
         self.request = ("\r\n".join(lines) + "\r\n\r\n").encode()
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.idle_since = 0.0
 
     async def get(self) -> int:
         """The response's status code; the connection is dropped when the server closes it."""
+        if asyncio.get_running_loop().time() - self.idle_since > IDLE_EXPIRY_S:
+            await self.close()
         try:
             reader, writer = self.streams or await asyncio.open_connection(self.host, self.port)
             self.streams = reader, writer
@@ -37,6 +46,7 @@ class RawGet:
             raise
         if "\r\nconnection: close" in head:
             await self.close()
+        self.idle_since = asyncio.get_running_loop().time()
         return int(head[9:12])
 
     async def close(self) -> None:
