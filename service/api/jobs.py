@@ -51,8 +51,9 @@ def create_job(
 
 @router.get("/{job_id}", response_model=JobRead, responses=problems(404))
 async def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRead:
-    """The pollers' path: read and shape the job in one worker-thread hop (a sync route
-    takes a second one to validate its response)."""
+    # The pollers' path: read and shape the job in one worker-thread hop (a sync route
+    # takes a second one to validate its response). No docstring: it would become the
+    # operation's description in the OpenAPI document.
     return await to_thread.run_sync(_read_job, session, job_id, principal)
 
 
