@@ -101,15 +101,19 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     Async, so that only the end takes a worker-thread hop: a new session does no
     I/O (it checks a connection out on first use, in the endpoint's thread). Each
     hop costs the event loop a GIL hand-off, the main cost of a poll under load.
+    Requests hold one of ``app.state.db_slots`` for their unit of work: with every
+    request in flight running queries at once, threads convoy on the GIL and each
+    answer is late; a few at a time, the others queued on the loop, answer sooner.
     """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
-    session = factory()
-    try:
-        yield session
-    except BaseException:
-        await _in_thread(_finish, session, False)
-        raise
-    await _in_thread(_finish, session, True)
+    async with request.app.state.db_slots:
+        session = factory()
+        try:
+            yield session
+        except BaseException:
+            await _in_thread(_finish, session, False)
+            raise
+        await _in_thread(_finish, session, True)
 
 
 def _finish(session: Session, commit: bool) -> None:
