@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     api_max_inflight: int = Field(
         32, ge=1, le=10_000, description="Requests in flight per process; above: 503."
     )
+    api_db_concurrency: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Requests using the database at once per process; the others in flight "
+        "wait their turn (fewer threads contending for the GIL: lower latency).",
+    )
     db_pool_size: int = Field(0, ge=0, le=1000, description="0: sized to api_max_inflight.")
     db_timeout_s: float = Field(
         15.0, gt=0.0, le=300.0, description="API wait for a pooled connection or a SQLite lock."

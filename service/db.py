@@ -6,13 +6,14 @@ boundary: it commits when the endpoint returns and rolls back when it raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
+from anyio import CancelScope, CapacityLimiter, to_thread
 from fastapi import Depends, Request
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -94,11 +95,42 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
             raise
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """Request boundary: commit when the endpoint returns, roll back when it raises."""
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """Request boundary: commit when the endpoint returns, roll back when it raises.
+
+    Async, so that only the end takes a worker-thread hop: a new session does no
+    I/O (it checks a connection out on first use, in the endpoint's thread). Each
+    hop costs the event loop a GIL hand-off, the main cost of a poll under load.
+    Requests hold one of ``app.state.db_slots`` for their unit of work: with every
+    request in flight running queries at once, threads convoy on the GIL and each
+    answer is late; a few at a time, the others queued on the loop, answer sooner.
+    """
     factory: sessionmaker[Session] = request.app.state.sessionmaker
-    with session_scope(factory) as session:
-        yield session
+    async with request.app.state.db_slots:
+        session = factory()
+        try:
+            yield session
+        except BaseException:
+            await _in_thread(_finish, session, False)
+            raise
+        await _in_thread(_finish, session, True)
+
+
+def _finish(session: Session, commit: bool) -> None:
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
+
+
+async def _in_thread(func: Callable[[Session, bool], None], *args: Any) -> None:
+    """Shielded, and outside the request threads' limit: a pooled connection must come
+    back even when the request was cancelled or every thread waits for the pool."""
+    with CancelScope(shield=True):
+        await to_thread.run_sync(func, *args, limiter=CapacityLimiter(1))
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

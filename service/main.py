@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI
 
 from detection.version import code_version
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, enqueue: Enqueue | None = None)
     app.state.sessionmaker = get_sessionmaker(settings.database_url, engine_options(settings))
     app.state.storage = LocalStorage(settings.storage_root, settings.max_upload_bytes)
     app.state.queue = JobQueue(settings, enqueue)
+    app.state.db_slots = CapacityLimiter(settings.api_db_concurrency)  # see get_session
     install_problem_handlers(app)
     install_fault_handlers(app)
     app.add_middleware(RequestGuard, max_body_bytes=body_limit)

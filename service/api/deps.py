@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import Depends, Header, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -36,17 +37,17 @@ api_key_scheme = APIKeyHeader(
 )
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_storage(request: Request) -> LocalStorage:
+async def get_storage(request: Request) -> LocalStorage:
     storage: LocalStorage = request.app.state.storage
     return storage
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     queue: JobQueue = request.app.state.queue
     return queue
 
@@ -54,7 +55,7 @@ def get_queue(request: Request) -> JobQueue:
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
@@ -72,7 +73,7 @@ def get_principal(
     token = bearer.credentials if bearer is not None else api_key
     if token is None and request.method in ("GET", "HEAD"):
         token = request.cookies.get(KEY_COOKIE)
-    return auth.authenticate(session, token, settings)
+    return await to_thread.run_sync(auth.authenticate, session, token, settings)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

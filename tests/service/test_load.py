@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from poisonscan.bench.load import run_level
+from poisonscan.bench.rawhttp import IDLE_EXPIRY_S
 from poisonscan.runtime import free_port
 from service.config import Settings
 from tests.service.support import npz_bytes, tiny_images
@@ -27,7 +28,8 @@ def test_200_pollers_get_200_or_503_and_healthz_stays_responsive(
     cmd += ["--port", str(port), "--no-access-log"]
     url = f"http://127.0.0.1:{port}"
     ready = background(cmd, env, tmp_path / "api.log", lambda t: "Uvicorn running on" in t)
-    with ready, httpx.Client(base_url=url, timeout=30) as client:
+    limits = httpx.Limits(keepalive_expiry=IDLE_EXPIRY_S)  # idle through the level
+    with ready, httpx.Client(base_url=url, timeout=30, limits=limits) as client:
         files = {"file": ("a.npz", npz_bytes(*tiny_images(), tmp_path))}
         dataset_id = client.post("/datasets", files=files).json()["id"]
         job = client.post("/jobs", json={"dataset_id": dataset_id, "method": "ss"}).json()
@@ -40,13 +42,11 @@ def test_200_pollers_get_200_or_503_and_healthz_stays_responsive(
         assert client.get("/healthz").status_code == 200
         healthz_after_s = time.perf_counter() - after
 
-    # Every answer is 200 or 503 (back-pressure). A rare transport error (one ReadError in
-    # ~400 requests seen once in three CI runs, not yet explained) is tolerated up to 1%;
-    # the lock-up this guards against failed every request.
-    answered = result.statuses["200"] + result.statuses["503"]
-    transport = sum(result.statuses.values()) - answered
-    assert {k for k in result.statuses if k.isdigit()} <= {"200", "503"}, result.statuses
-    assert transport <= 0.01 * sum(result.statuses.values()), result.statuses
+    # Every answer is 200 or 503 (back-pressure), and no exchange fails. The one ReadError
+    # once seen here (httpx pollers) fits the keep-alive race, reproduced on purpose: a
+    # request sent on an idle connection just as uvicorn closes it. The bench's clients now
+    # drop idle connections well before uvicorn's 5 s keep-alive timeout.
+    assert set(result.statuses) <= {"200", "503"}, result.statuses
     assert result.statuses["200"] > 0
     assert elapsed < 15.0  # every poller finished its last request soon after the 3 s
     # The probe shares the client's event loop with 200 pollers (2 shared cores): a loose bound
