@@ -143,7 +143,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 3 (that jump dropped most surviving poisons in short runs); round 4 no
     # harsher than round 3 (at lr 1e-2, lambda 30 it lost the poisons in every
     # traced blend/WaNet run); rounds 3-5 pretrain with the reserve under
-    # shifted labels, as the paper's last round (docs/ct.md).
+    # shifted labels, as the paper's last round; a 512-unit feature layer, where 128
+    # units let confusion erase a trigger with the target's benign features (docs/ct.md).
     "fast": {
         **_PAPER,
         **_ROBUST,
