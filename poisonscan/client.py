@@ -9,9 +9,11 @@ torch, Celery or server code. ::
         frame = ps.scores_frame(job.id)  # pandas, one row per sample
 
 Every error response (RFC 9457 problem+json) raises :class:`ApiError` with the
-status, ``detail`` and the fields at fault. ``api_key`` (default: the
-``POISONSCAN_API_KEY`` environment variable) is sent as ``Authorization: Bearer``
-on every call, also through an ``http`` client passed in.
+status, ``detail`` and the fields at fault. Reads (GET/HEAD) are retried when the
+server sheds load (429/503: after its ``Retry-After``, at most ``max_wait_s`` each)
+or a kept-alive connection drops as it is reused, ``retries`` times at most.
+``api_key`` (default: the ``POISONSCAN_API_KEY`` environment variable) is sent as
+``Authorization: Bearer`` on every call, also through an ``http`` client passed in.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+)
 
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -120,6 +130,42 @@ def check(resp: httpx.Response) -> httpx.Response:
     except ValueError:
         body = {"detail": resp.text[:500]}
     raise ApiError(resp.status_code, body if isinstance(body, dict) else {"detail": str(body)})
+
+
+SHED_STATUSES = frozenset({429, 503})  # the server's back-pressure answers
+DROPPED = (httpx.ReadError, httpx.RemoteProtocolError)  # an idle connection closed under us
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def retry_after_s(resp: httpx.Response, default: float, maximum: float) -> float:
+    """The response's ``Retry-After`` in seconds (delta form), capped; else ``default``."""
+    value = resp.headers.get("Retry-After", "")
+    try:
+        return min(maximum, max(0.0, float(value)))
+    except ValueError:
+        return min(maximum, default)
+
+
+def retry_policy(retries: int, max_wait_s: float) -> dict[str, Any]:
+    """tenacity arguments for a read: retry shed load and dropped connections."""
+
+    def wait(state: RetryCallState) -> float:
+        outcome = state.outcome
+        if outcome is None or outcome.failed:
+            return min(max_wait_s, 0.2 * state.attempt_number)
+        return retry_after_s(outcome.result(), 1.0, max_wait_s)
+
+    def last_response(state: RetryCallState) -> Any:
+        assert state.outcome is not None
+        return state.outcome.result()  # re-raises a final transport error
+
+    return {
+        "stop": stop_after_attempt(retries + 1),
+        "wait": wait,
+        "retry": retry_if_exception_type(DROPPED)
+        | retry_if_result(lambda r: r.status_code in SHED_STATUSES),
+        "retry_error_callback": last_response,
+    }
 
 
 def backoff(initial: float, maximum: float, factor: float) -> Iterator[float]:
@@ -228,12 +274,15 @@ class Client:
         headers: Mapping[str, str] | None = None,
         http: httpx.Client | None = None,
         api_key: str | None = None,
+        retries: int = 4,
+        max_wait_s: float = 30.0,
     ) -> None:
         self.http = http or httpx.Client(
             base_url=base_url.rstrip("/"), timeout=timeout, headers=dict(headers or {})
         )
         self._owned = http is None
         self._auth = auth_header(api_key)
+        self._retry = retry_policy(retries, max_wait_s)
 
     def __enter__(self) -> Client:
         return self
@@ -247,7 +296,10 @@ class Client:
 
     def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         kwargs["headers"] = {**self._auth, **kwargs.get("headers", {})}
-        return check(self.http.request(method, url, **kwargs))
+        if method not in SAFE_METHODS:
+            return check(self.http.request(method, url, **kwargs))
+        resp: httpx.Response = Retrying(**self._retry)(self.http.request, method, url, **kwargs)
+        return check(resp)
 
     def upload(
         self,
@@ -435,12 +487,15 @@ class AsyncClient:
         headers: Mapping[str, str] | None = None,
         http: httpx.AsyncClient | None = None,
         api_key: str | None = None,
+        retries: int = 4,
+        max_wait_s: float = 30.0,
     ) -> None:
         self.http = http or httpx.AsyncClient(
             base_url=base_url.rstrip("/"), timeout=timeout, headers=dict(headers or {})
         )
         self._owned = http is None
         self._auth = auth_header(api_key)
+        self._retry = retry_policy(retries, max_wait_s)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -454,7 +509,11 @@ class AsyncClient:
 
     async def _call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         kwargs["headers"] = {**self._auth, **kwargs.get("headers", {})}
-        return check(await self.http.request(method, url, **kwargs))
+        if method not in SAFE_METHODS:
+            return check(await self.http.request(method, url, **kwargs))
+        retrying = AsyncRetrying(**self._retry)
+        resp: httpx.Response = await retrying(self.http.request, method, url, **kwargs)
+        return check(resp)
 
     async def upload(
         self,
