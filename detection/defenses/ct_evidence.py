@@ -254,7 +254,11 @@ def canary_flags(
     strongest; the likelihood-ratio test alone is misled by such a class
     round after round (blend, target "shirt": it named "coat" in every
     scoring round while the shirts held the excess, p = 1e-20 against 1e-3),
-    so the classes it names must show an excess as well.
+    so the classes it names must show an excess as well, at level
+    :data:`CLASS_ALPHA` (they are pre-selected: no correction for the C classes;
+    Trojan seed 0, Fashion-MNIST: the target, named in every round, held 19
+    poisons and no clean sample above the threshold, p = 8e-4, and was lost at
+    1e-4 while the canaries of the heavy-tailed "shirt" set the threshold).
     """
     canary_scores = scores[canaries]
     threshold = float(np.quantile(canary_scores, 1.0 - target_fpr, method="higher"))
@@ -268,7 +272,9 @@ def canary_flags(
     k_c = np.bincount(labels[inspected & above], minlength=n_classes)[:n_classes]
     p_values = stats.binom.sf(k_c - 1, n_c, rate)
     significant = (p_values < CLASS_ALPHA / n_classes) & (k_c > 0)
-    classes = {c for c in lr_classes or [] if significant[c]}
+    # A class the round checks vouch for is one pre-selected hypothesis, not one of C.
+    vouched = (p_values < CLASS_ALPHA) & (k_c > 0)
+    classes = {c for c in lr_classes or [] if vouched[c]}
     top = int(np.argmin(p_values))
     if significant[top]:
         classes.add(top)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from detection.defenses.ct_evidence import (
+    CLASS_ALPHA,
     Evidence,
     RoundCheck,
     canary_flags,
@@ -195,6 +196,26 @@ def test_canary_flags_keep_only_likelihood_ratio_classes_with_an_excess() -> Non
     # ... and naming only the benign class does not hide the target's excess
     cal = canary_flags(scores, labels, canaries, 10, target_fpr=0.01, lr_classes=[5])
     assert cal.classes == [3] and cal.flags[poison].all()
+
+
+def test_canary_flags_take_a_vouched_class_at_its_own_level() -> None:
+    # A heavy-tailed benign class (6) sets the threshold with its canaries; the target (0)
+    # holds 22 poisons above it (p ~ 4e-4): significant for a class the round checks name
+    # (level 1e-3), not among all ten classes (1e-4), as in Trojan seed 0 on Fashion-MNIST.
+    rng = np.random.default_rng(4)
+    labels = np.repeat(np.arange(10), 1000).astype(np.int64)
+    scores = rng.uniform(0, 0.999, labels.size)
+    canaries = np.concatenate([np.flatnonzero(labels == c)[-30:] for c in range(10)])
+    shirts = np.flatnonzero(labels == 6)
+    scores[shirts[:150]] = rng.uniform(0.99995, 1.0, 150)
+    scores[shirts[-3:]] = rng.uniform(0.99995, 1.0, 3)  # three of its canaries
+    poison = np.flatnonzero(labels == 0)[:22]
+    scores[poison] = 1.5
+    vouched = canary_flags(scores, labels, canaries, 10, target_fpr=0.01, lr_classes=[0])
+    assert 0 in vouched.classes and vouched.flags[poison].all()
+    assert vouched.info["class_p_values"][0] > CLASS_ALPHA / 10
+    alone = canary_flags(scores, labels, canaries, 10, target_fpr=0.01)
+    assert alone.classes == [6] and not alone.flags[poison].any()
 
 
 def test_class_view_finds_poisons_hidden_by_a_confusion_resistant_class() -> None:
