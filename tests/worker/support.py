@@ -18,10 +18,14 @@ from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 
 from detection.datasets import load_source
+from service import repository as repo
 from service.config import Settings
+from service.db import get_sessionmaker, session_scope
+from tests.service.support import npz_bytes, tiny_images, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 120.0
+TINY_SS = {"base_model": {"epochs": 1, "batch_size": 16}}  # an ss job of a second or two
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -132,3 +136,20 @@ def wait_for_state(
 ) -> dict[str, Any]:
     """Poll ``GET /jobs/{id}`` until its state is in ``states``."""
     return wait_for(client, job_id, lambda job: job["state"] in states, timeout_s)
+
+
+def upload_tiny(client: TestClient, tmp_path: Path, seed: int) -> str:
+    """Upload 60 tiny images; the new dataset's id."""
+    x, labels = tiny_images(n=60, seed=seed)
+    resp = upload(client, npz_bytes(x, labels, tmp_path))
+    assert resp.status_code == 201, resp.text
+    ds: str = resp.json()["id"]
+    return ds
+
+
+def set_params(settings: Settings, job_id: str, **params: Any) -> None:
+    """Change a stored job's params behind the API's back (e.g. to make its detector fail)."""
+    with session_scope(get_sessionmaker(settings.database_url)) as session:
+        job = repo.get_job(session, job_id)
+        assert job is not None
+        job.params = {**job.params, **params}

@@ -15,21 +15,14 @@ from service.config import Settings
 from service.db import get_sessionmaker
 from service.models import utcnow
 from service.storage import LocalStorage
-from tests.service.support import npz_bytes, tiny_images, upload
+from tests.worker.support import TINY_SS, set_params, upload_tiny
 from tests.worker.test_reaper import set_job, stale
-from tests.worker.test_worker import _set_params
 from worker import jobs
-
-TINY_SS = {"base_model": {"epochs": 1, "batch_size": 16}}
 
 
 @pytest.fixture
 def dataset_id(client: TestClient, tmp_path: Path) -> str:
-    x, labels = tiny_images(n=60, seed=2)
-    resp = upload(client, npz_bytes(x, labels, tmp_path))
-    assert resp.status_code == 201, resp.text
-    ds: str = resp.json()["id"]
-    return ds
+    return upload_tiny(client, tmp_path, seed=2)
 
 
 def post_job(client: TestClient, dataset_id: str, **params: Any) -> str:
@@ -56,7 +49,7 @@ def test_the_worker_removes_scratch_when_a_job_succeeds_fails_or_is_cancelled(
     client: TestClient, settings: Settings, dataset_id: str
 ) -> None:
     ok, bad, cancelled = (post_job(client, dataset_id) for _ in range(3))
-    _set_params(settings, bad, threshold="clean_fpr")  # the detector raises
+    set_params(settings, bad, threshold="clean_fpr")  # the detector raises
     assert client.post(f"/jobs/{cancelled}/cancel").json()["state"] == "cancelled"
     for job_id in (ok, bad, cancelled):
         plant_checkpoint(settings, job_id)

@@ -22,10 +22,15 @@ from service.db import get_sessionmaker, session_scope
 from service.main import create_app
 from service.models import WebhookDelivery
 from service.webhooks import message_id, new_secret
-from tests.service.support import npz_bytes, tiny_images, upload
 from tests.worker.receiver import dead_url, receiver
-from tests.worker.support import celery_worker, settings_env, wait_for_state
-from tests.worker.test_worker import _set_params
+from tests.worker.support import (
+    TINY_SS,
+    celery_worker,
+    set_params,
+    settings_env,
+    upload_tiny,
+    wait_for_state,
+)
 from worker import jobs
 
 HOOKS = {
@@ -35,7 +40,6 @@ HOOKS = {
     "webhook_timeout_s": 2.0,
     "webhook_max_attempts": 3,
 }
-TINY_SS = {"base_model": {"epochs": 1, "batch_size": 16}}
 
 
 @pytest.fixture
@@ -52,11 +56,7 @@ def api(hooks: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def dataset_id(api: TestClient, tmp_path: Path) -> str:
-    x, labels = tiny_images(n=60, seed=1)
-    resp = upload(api, npz_bytes(x, labels, tmp_path))
-    assert resp.status_code == 201, resp.text
-    ds: str = resp.json()["id"]
-    return ds
+    return upload_tiny(api, tmp_path, seed=1)
 
 
 def post_job(client: TestClient, dataset_id: str, url: str, **extra: Any) -> dict[str, Any]:
@@ -250,7 +250,7 @@ def test_the_worker_process_delivers_a_failed_job(
         job = post_job(client, dataset_id, rx.url)
         rx.secret = job["webhook_secret"]
         # Params the API refuses now (clean_fpr without a reserve): the detector raises.
-        _set_params(hooks, job["id"], threshold="clean_fpr")
+        set_params(hooks, job["id"], threshold="clean_fpr")
         with celery_worker(hooks, tmp_path / "worker.log", env):
             done = wait_for_state(client, job["id"], {"failed", "succeeded"}, 120)
             settled(client, job["id"], timeout_s=60)

@@ -15,7 +15,6 @@ import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from service import repository as repo
 from service.config import Settings
 from service.db import get_sessionmaker, session_scope
 from tests.service.support import QueueSize, npz_bytes, upload
@@ -23,6 +22,7 @@ from tests.worker.support import (
     Planted,
     celery_worker,
     planted_digits,
+    set_params,
     wait_for,
     wait_for_state,
 )
@@ -160,13 +160,6 @@ def _set_state(settings: Settings, job_id: str, state: str) -> None:
         session.execute(text("UPDATE job SET state = :s WHERE id = :j"), {"s": state, "j": job_id})
 
 
-def _set_params(settings: Settings, job_id: str, **params: Any) -> None:
-    with session_scope(get_sessionmaker(settings.database_url)) as session:
-        job = repo.get_job(session, job_id)
-        assert job is not None
-        job.params = {**job.params, **params}
-
-
 def test_retry_of_a_running_job_rewrites_the_same_rows(
     client: TestClient, settings: Settings, planted: Planted, dataset_id: str
 ) -> None:
@@ -191,7 +184,7 @@ def test_a_detector_error_fails_the_job_without_scores(
     job = post_ss_job(client, dataset_id, planted)
     # A stored row the API now refuses at POST (clean_fpr without a clean reserve),
     # e.g. from an older version: the detector raises while the job runs.
-    _set_params(settings, job["id"], threshold="clean_fpr")
+    set_params(settings, job["id"], threshold="clean_fpr")
 
     state = jobs.run_job(job["id"], settings)
 
